@@ -1,0 +1,125 @@
+//! Subject conventions of the TELEMETRY stream (seed 000 and seed 001).
+//!
+//! Subjects route messages; they never decide the wire format (seed 000 puts OTLP JSON on
+//! `telemetry.metrics.{device}` and seed 001 puts flat records on
+//! `telemetry.metrics.{service}.{name}`).
+
+/// Root of every telemetry subject.
+pub const ROOT: &str = "telemetry";
+/// Filter that covers every telemetry subject.
+pub const ALL: &str = "telemetry.>";
+
+/// The signal a subject is published under, when it follows the conventions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// `telemetry.metrics.…`
+    Metrics,
+    /// `telemetry.spans.…`
+    Spans,
+    /// `telemetry.logs.…`
+    Logs,
+}
+
+impl Signal {
+    /// The subject token after `telemetry.`.
+    pub const fn token(self) -> &'static str {
+        match self {
+            Signal::Metrics => "metrics",
+            Signal::Spans => "spans",
+            Signal::Logs => "logs",
+        }
+    }
+}
+
+/// Splits a subject into its signal and the tokens after it, if it follows the conventions.
+///
+/// ```
+/// use jetscale_model::subject::{parse, Signal};
+/// let (signal, rest) = parse("telemetry.metrics.sensor-001").unwrap();
+/// assert_eq!(signal, Signal::Metrics);
+/// assert_eq!(rest, vec!["sensor-001"]);
+/// ```
+pub fn parse(subject: &str) -> Option<(Signal, Vec<&str>)> {
+    let mut tokens = subject.split('.');
+    if tokens.next()? != ROOT {
+        return None;
+    }
+    let signal = match tokens.next()? {
+        "metrics" => Signal::Metrics,
+        "spans" => Signal::Spans,
+        "logs" => Signal::Logs,
+        _ => return None,
+    };
+    Some((signal, tokens.collect()))
+}
+
+/// The device token of a seed-000 metrics subject `telemetry.metrics.{device_id}`.
+///
+/// Returns `None` for any other shape (a service's `telemetry.metrics.{service}.{name}`
+/// has more tokens and names no device).
+pub fn device_of(subject: &str) -> Option<&str> {
+    match parse(subject)? {
+        (Signal::Metrics, rest) if rest.len() == 1 => Some(rest[0]),
+        _ => None,
+    }
+}
+
+/// Whether a string can be used as one subject token: non-empty, no dots, wildcards or
+/// whitespace (NATS would split or reject it).
+pub fn is_valid_token(token: &str) -> bool {
+    !token.is_empty()
+        && !token
+            .bytes()
+            .any(|b| matches!(b, b'.' | b'*' | b'>' | b' ' | b'\t' | b'\r' | b'\n' | 0))
+}
+
+/// `telemetry.metrics.{device_id}`, the subject a seed-000 device publishes on.
+pub fn device_metrics(device_id: &str) -> String {
+    format!("{ROOT}.metrics.{device_id}")
+}
+
+/// `telemetry.metrics.{service}.{name}` (seed 001). Dots in the metric name stay tokens.
+pub fn service_metric(service: &str, name: &str) -> String {
+    format!("{ROOT}.metrics.{service}.{name}")
+}
+
+/// `telemetry.spans.{service}.{run_id}` (seed 001).
+pub fn spans(service: &str, run_id: &str) -> String {
+    format!("{ROOT}.spans.{service}.{run_id}")
+}
+
+/// `telemetry.logs.{service}.{level}` (seed 001).
+pub fn logs(service: &str, level: &str) -> String {
+    format!("{ROOT}.logs.{service}.{level}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_token_only_for_seed_000_shape() {
+        assert_eq!(device_of("telemetry.metrics.sensor-001"), Some("sensor-001"));
+        assert_eq!(device_of("telemetry.metrics.worker.step.duration_ms"), None);
+        assert_eq!(device_of("telemetry.logs.engine"), None);
+        assert_eq!(device_of("other.metrics.x"), None);
+    }
+
+    #[test]
+    fn tokens_reject_separators_and_wildcards() {
+        assert!(is_valid_token("sensor-001"));
+        for bad in ["", "a.b", "*", ">", "a b"] {
+            assert!(!is_valid_token(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn builders_follow_seed_001() {
+        assert_eq!(spans("worker", "abc123"), "telemetry.spans.worker.abc123");
+        assert_eq!(
+            service_metric("worker", "step.duration_ms"),
+            "telemetry.metrics.worker.step.duration_ms"
+        );
+        assert_eq!(logs("engine", "info"), "telemetry.logs.engine.info");
+    }
+}

@@ -1,0 +1,70 @@
+//! `jetscale setup`: provision stream, consumer and schema; idempotent, and says what it did.
+
+use super::Global;
+use jetscale::config::Settings;
+use jetscale::store::{self, maintenance, schema};
+use jetscale::stream::{self, provision::Provisioned};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Only the NATS side.
+    #[arg(long, conflicts_with = "database_only")]
+    pub nats_only: bool,
+    /// Only the database side.
+    #[arg(long)]
+    pub database_only: bool,
+}
+
+pub async fn run(global: &Global, args: Args) -> anyhow::Result<()> {
+    let settings = global.settings()?;
+    let lines = provision(&settings, !args.database_only, !args.nats_only).await?;
+    for line in lines {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+fn describe(what: &str, outcome: &Provisioned) -> String {
+    match outcome {
+        Provisioned::Created => format!("{what}: created"),
+        Provisioned::Unchanged => format!("{what}: exists with the configured settings; nothing changed"),
+        Provisioned::Updated(d) => format!(
+            "{what}: updated: {}",
+            d.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+        ),
+        Provisioned::Drifted(d) => format!(
+            "{what}: differs and was NOT changed: {}",
+            d.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+        ),
+    }
+}
+
+/// Provisions both sides; returns one line per thing looked at.
+pub async fn provision(settings: &Settings, nats: bool, database: bool) -> anyhow::Result<Vec<String>> {
+    let mut lines = Vec::new();
+    if nats {
+        let client = stream::connect(&settings.nats, "jetscale-setup").await?;
+        let js = async_nats::jetstream::new(client);
+        let (outcome, js_stream) = stream::ensure_stream(&js, &settings.stream).await?;
+        lines.push(describe(&format!("stream {}", settings.stream.name), &outcome));
+        let (outcome, _) = stream::ensure_consumer(&js_stream, &settings.consumer).await?;
+        lines.push(describe(&format!("consumer {}", settings.consumer.name), &outcome));
+    }
+    if database {
+        let mut client = store::connect(&settings.store).await?;
+        let report = schema::migrate(&mut client, &settings.store).await?;
+        let backend = report.backend.clone().unwrap_or(schema::Backend::Native);
+        let names = schema::Names::new(&settings.store);
+        if backend.native_partitions() {
+            maintenance::partitions_ahead(&client, &names, &settings.store, settings.limits.max_future).await?;
+        }
+        lines.push(format!(
+            "schema {} on {}: {}",
+            names.metrics,
+            backend,
+            if report.already_current { "up to date; nothing changed" } else { "created or migrated" }
+        ));
+        lines.extend(report.notes);
+    }
+    Ok(lines)
+}

@@ -1,0 +1,400 @@
+//! The collector runtime: fetch → decode → batch → write (one transaction) → ack, over
+//! bounded channels, so a slow database slows consumption and the backlog stays in
+//! JetStream. Memory is bounded by `(writers + 1) × batch size` messages plus one pull
+//! request's worth of prefetched messages.
+
+use crate::ack;
+use crate::config::Settings;
+use crate::decode::{DecodeContext, Incoming};
+use crate::process::batch::{Batch, Delivery};
+use crate::store::ledger::{self, StreamKey, StreamState};
+use crate::store::maintenance;
+use crate::store::schema::{self, Backend, Names};
+use crate::store::writer::{PartitionCache, Writer};
+use crate::store::{self, StoreError};
+use crate::stream::{self, StreamError};
+use async_nats::jetstream;
+use futures::StreamExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::{mpsc, watch, Mutex};
+
+/// Why the collector stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("consuming from JetStream failed: {0}")]
+    Consume(String),
+}
+
+/// Options of one collector run besides the config.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Stop once the consumer has had nothing pending for this long (backfills, tests).
+    pub exit_when_idle: Option<Duration>,
+    /// Accept a stream recreated under the same name (see the ledger's stream check).
+    pub accept_new_stream: bool,
+    /// Skip schema migration (the schema was set up by `jetscale setup` as its owner).
+    pub skip_migrations: bool,
+}
+
+/// Counters the collector keeps; shared with whoever reports progress.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub messages: AtomicU64,
+    pub rows: AtomicU64,
+    pub dead_letters: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub batches: AtomicU64,
+    pub write_retries: AtomicU64,
+    pub latency: crate::telemetry::LatencyHistogram,
+}
+
+/// What a finished run did.
+#[derive(Debug, Clone, Default)]
+pub struct RunReport {
+    pub messages: u64,
+    pub rows: u64,
+    pub dead_letters: u64,
+    pub duplicates: u64,
+    pub batches: u64,
+    pub elapsed: Duration,
+    pub latency_p50: Option<Duration>,
+    pub latency_p99: Option<Duration>,
+    pub backend: String,
+}
+
+/// Runs the collector until `shutdown` turns true (or the consumer is idle, if asked).
+pub async fn run(
+    settings: &Settings,
+    options: &RunOptions,
+    counters: Arc<Counters>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<RunReport, PipelineError> {
+    let started = Instant::now();
+    let nats = stream::connect(&settings.nats, "jetscale-collector").await?;
+    let js = jetstream::new(nats.clone());
+    let (_, js_stream) = stream::ensure_stream(&js, &settings.stream).await?;
+    let (_, consumer) = stream::ensure_consumer(&js_stream, &settings.consumer).await?;
+
+    let names = Names::new(&settings.store);
+    let mut admin = store::connect(&settings.store).await?;
+    let backend = if options.skip_migrations {
+        schema::detect_backend(&admin).await?
+    } else {
+        schema::migrate(&mut admin, &settings.store)
+            .await?
+            .backend
+            .unwrap_or(Backend::Native)
+    };
+    tracing::info!(backend = %backend, table = %names.metrics, "database ready");
+    let key = register_stream(&js, &admin, &names, settings, options).await?;
+    if backend.native_partitions() {
+        maintenance::partitions_ahead(&admin, &names, &settings.store, settings.limits.max_future).await?;
+    }
+
+    let (batch_tx, batch_rx) = mpsc::channel::<Batch>(settings.store.writers);
+    let batch_rx = Arc::new(Mutex::new(batch_rx));
+    let partitions = Arc::new(PartitionCache::default());
+    let mut writers = Vec::new();
+    for index in 0..settings.store.writers {
+        let client = store::connect(&settings.store).await?;
+        let writer = Writer::new(
+            client,
+            names.clone(),
+            key,
+            settings.stream.name.clone(),
+            backend.clone(),
+            settings.store.chunk_interval,
+            partitions.clone(),
+        );
+        writers.push(tokio::spawn(write_loop(
+            index,
+            writer,
+            settings.clone(),
+            nats.clone(),
+            batch_rx.clone(),
+            counters.clone(),
+            shutdown.clone(),
+        )));
+    }
+    let upkeep = tokio::spawn(upkeep_loop(
+        admin,
+        names.clone(),
+        settings.clone(),
+        backend.clone(),
+        key,
+        js_stream.clone(),
+        shutdown.clone(),
+    ));
+
+    let fetched = fetch_loop(settings, options, &consumer, batch_tx, &counters, &mut shutdown).await;
+    // The batch channel is closed: writers finish what they hold, then stop.
+    for w in writers {
+        let _ = w.await;
+    }
+    upkeep.abort();
+    let _ = nats.flush().await;
+    fetched?;
+    Ok(RunReport {
+        messages: counters.messages.load(Ordering::Relaxed),
+        rows: counters.rows.load(Ordering::Relaxed),
+        dead_letters: counters.dead_letters.load(Ordering::Relaxed),
+        duplicates: counters.duplicates.load(Ordering::Relaxed),
+        batches: counters.batches.load(Ordering::Relaxed),
+        elapsed: started.elapsed(),
+        latency_p50: counters.latency.quantile(0.5),
+        latency_p99: counters.latency.quantile(0.99),
+        backend: backend.to_string(),
+    })
+}
+
+async fn register_stream(
+    js: &jetstream::Context,
+    admin: &tokio_postgres::Client,
+    names: &Names,
+    settings: &Settings,
+    options: &RunOptions,
+) -> Result<StreamKey, PipelineError> {
+    let mut s = js
+        .get_stream(&settings.stream.name)
+        .await
+        .map_err(|e| StreamError::JetStream {
+            step: "get stream",
+            detail: e.to_string(),
+        })?;
+    let info = s.info().await.map_err(|e| StreamError::JetStream {
+        step: "stream info",
+        detail: e.to_string(),
+    })?;
+    let state = StreamState {
+        name: settings.stream.name.clone(),
+        created: SystemTime::from(info.created),
+        last_seq: info.state.last_sequence,
+    };
+    Ok(ledger::register(admin, names, &state, &settings.consumer.name, options.accept_new_stream).await?)
+}
+
+async fn fetch_loop(
+    settings: &Settings,
+    options: &RunOptions,
+    consumer: &jetstream::consumer::Consumer<jetstream::consumer::pull::Config>,
+    batch_tx: mpsc::Sender<Batch>,
+    counters: &Counters,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), PipelineError> {
+    let chunk_us = settings.store.chunk_interval.as_micros() as i64;
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(settings.consumer.fetch_batch)
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await
+        .map_err(|e| PipelineError::Consume(e.to_string()))?;
+    let mut batch = Batch::new(chunk_us, settings.batch.max_rows);
+    let mut last_message = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut consumer = consumer.clone();
+    let mut decode_ctx_at = Instant::now();
+    let mut ctx = DecodeContext::now(&settings.limits, &settings.resource, settings.encoding);
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => break,
+            next = messages.next() => {
+                let message = match next {
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => {
+                        // Missed heartbeats and the like: the stream of messages recovers by
+                        // itself once NATS is back.
+                        tracing::warn!(error = %e, "JetStream pull");
+                        continue;
+                    }
+                    None => return Err(PipelineError::Consume("the consumer's message stream ended".into())),
+                };
+                last_message = Instant::now();
+                if decode_ctx_at.elapsed() > Duration::from_secs(1) {
+                    ctx = DecodeContext::now(&settings.limits, &settings.resource, settings.encoding);
+                    decode_ctx_at = Instant::now();
+                }
+                let Ok(info) = message.info() else {
+                    tracing::warn!(subject = %message.subject, "a delivery without JetStream metadata; skipping it");
+                    continue;
+                };
+                let stream_seq = info.stream_sequence;
+                let published_ns = info.published.unix_timestamp_nanos() as i64;
+                let Some(reply) = message.reply.clone() else { continue };
+                let headers = message.headers.as_ref();
+                let header = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
+                let incoming = Incoming {
+                    subject: message.subject.as_str(),
+                    content_type: header("Content-Type"),
+                    format_header: header("Jetscale-Format"),
+                    payload: &message.payload,
+                };
+                let headers_json = headers.map(headers_to_json).unwrap_or_else(|| "{}".to_owned());
+                let delivery = Delivery {
+                    stream_seq,
+                    reply,
+                    headers_json: &headers_json,
+                    published_ns,
+                    subject: message.subject.clone(),
+                    payload: message.payload.clone(),
+                };
+                if let Err(rejection) = batch.add(&incoming, delivery, &ctx) {
+                    tracing::debug!(seq = stream_seq, subject = %message.subject, %rejection, "dead letter");
+                }
+                if batch.weight() >= settings.batch.max_rows {
+                    let full = std::mem::replace(&mut batch, Batch::new(chunk_us, settings.batch.max_rows));
+                    if batch_tx.send(full).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            _ = tick.tick() => {
+                if !batch.is_empty() && batch.opened.elapsed() >= settings.batch.timeout {
+                    let due = std::mem::replace(&mut batch, Batch::new(chunk_us, settings.batch.max_rows));
+                    if batch_tx.send(due).await.is_err() {
+                        break;
+                    }
+                }
+                if let Some(idle) = options.exit_when_idle {
+                    if batch.is_empty() && last_message.elapsed() >= idle && batch_tx.capacity() == batch_tx.max_capacity() {
+                        if let Ok(info) = consumer.info().await {
+                            if info.num_pending == 0 && info.num_ack_pending == 0 {
+                                tracing::info!("consumer idle: nothing pending, nothing unacknowledged; stopping");
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // On shutdown the partial batch is written rather than dropped: it is usually small, and
+    // an abandoned batch would only be redelivered anyway.
+    if !batch.is_empty() {
+        let _ = batch_tx.send(batch).await;
+    }
+    let _ = counters;
+    Ok(())
+}
+
+/// Message headers as a JSON object, for dead letters.
+fn headers_to_json(headers: &async_nats::HeaderMap) -> String {
+    let mut map = serde_json::Map::new();
+    for (name, values) in headers.iter() {
+        let values: Vec<serde_json::Value> = values
+            .iter()
+            .map(|v| serde_json::Value::String(v.as_str().to_owned()))
+            .collect();
+        map.insert(name.to_string(), serde_json::Value::Array(values));
+    }
+    serde_json::Value::Object(map).to_string()
+}
+
+async fn write_loop(
+    index: usize,
+    mut writer: Writer,
+    settings: Settings,
+    nats: async_nats::Client,
+    batches: Arc<Mutex<mpsc::Receiver<Batch>>>,
+    counters: Arc<Counters>,
+    shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let next = batches.lock().await.recv().await;
+        let Some(batch) = next else { return };
+        let mut backoff = Duration::from_millis(100);
+        let mut last_progress = Instant::now();
+        loop {
+            match writer.write(&batch).await {
+                Ok(done) => {
+                    ack::committed(&nats, &done.replies).await;
+                    counters.messages.fetch_add(done.messages as u64, Ordering::Relaxed);
+                    counters.rows.fetch_add(done.rows as u64, Ordering::Relaxed);
+                    counters.dead_letters.fetch_add(done.dead_letters as u64, Ordering::Relaxed);
+                    counters.duplicates.fetch_add(done.duplicates as u64, Ordering::Relaxed);
+                    counters.batches.fetch_add(1, Ordering::Relaxed);
+                    let now_ns = SystemTime::now()
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos() as i64);
+                    for published in &done.published_ns {
+                        counters.latency.record_ns(now_ns - published);
+                    }
+                    tracing::debug!(writer = index, rows = done.rows, messages = done.messages, dead_letters = done.dead_letters, duplicates = done.duplicates, "batch committed");
+                    break;
+                }
+                Err(e) => {
+                    counters.write_retries.fetch_add(1, Ordering::Relaxed);
+                    if *shutdown.borrow() && !e.is_transient() {
+                        tracing::error!(error = %e, "abandoning a batch at shutdown; it will be redelivered");
+                        break;
+                    }
+                    tracing::warn!(writer = index, error = %e, retry_in = ?backoff, "batch not written; retrying (nothing is acknowledged until it commits)");
+                    let replies: Vec<_> = batch.messages.iter().flat_map(|m| m.replies.iter().cloned()).collect();
+                    if last_progress.elapsed() >= settings.consumer.ack_wait / 3 {
+                        ack::in_progress(&nats, &replies).await;
+                        last_progress = Instant::now();
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    if writer.is_closed() {
+                        match store::connect(&settings.store).await {
+                            Ok(client) => writer.reconnect(client),
+                            Err(e) => tracing::warn!(error = %e, "database still unreachable"),
+                        }
+                    }
+                    if *shutdown.borrow() && backoff >= Duration::from_secs(10) {
+                        tracing::warn!("shutting down with a batch unwritten; it will be redelivered");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn upkeep_loop(
+    mut admin: tokio_postgres::Client,
+    names: Names,
+    settings: Settings,
+    backend: Backend,
+    key: StreamKey,
+    js_stream: jetstream::stream::Stream,
+    shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        tick.tick().await;
+        if *shutdown.borrow() {
+            return;
+        }
+        if admin.is_closed() {
+            match store::connect(&settings.store).await {
+                Ok(c) => admin = c,
+                Err(_) => continue,
+            }
+        }
+        match maintenance::run_once(&admin, &names, &settings.store, &backend, settings.limits.max_future).await {
+            Ok(u) if u.partitions_created + u.partitions_dropped + u.rollup_buckets > 0 => {
+                tracing::info!(created = u.partitions_created, dropped = u.partitions_dropped, rollup_buckets = u.rollup_buckets, "maintenance");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "maintenance failed; will retry"),
+        }
+        let floor = match js_stream.consumer_info(&settings.consumer.name).await {
+            Ok(info) => info.ack_floor.stream_sequence,
+            Err(_) => continue,
+        };
+        if let Err(e) = ledger::prune(&mut admin, &names, key, &settings.consumer.name, floor).await {
+            tracing::warn!(error = %e, "ledger pruning failed; will retry");
+        }
+    }
+}

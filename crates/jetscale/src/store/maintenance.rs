@@ -1,0 +1,83 @@
+//! Background upkeep that TimescaleDB's job scheduler would do: partitions ahead of time,
+//! the hourly rollup, retention. Every step is a SECURITY DEFINER function guarded by an
+//! advisory lock, so any number of collectors can run it and the collector's role needs
+//! no DDL rights.
+
+use super::schema::{Backend, Names};
+use super::writer::ensure_partition_range;
+use super::StoreError;
+use crate::config::StoreSettings;
+use std::time::{Duration, SystemTime};
+use tokio_postgres::Client;
+
+/// What one round of maintenance did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Upkeep {
+    pub partitions_created: i32,
+    pub partitions_dropped: i32,
+    pub rollup_buckets: i32,
+}
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+/// Creates the partitions from one chunk back to `ahead` in the future.
+pub async fn partitions_ahead(client: &Client, names: &Names, settings: &StoreSettings, ahead: Duration) -> Result<i32, StoreError> {
+    let width = settings.chunk_interval.as_micros() as i64;
+    let now = now_us();
+    let from = now - now.rem_euclid(width) - width;
+    ensure_partition_range(client, names, from, now + ahead.as_micros() as i64 + width, settings.chunk_interval).await
+}
+
+/// One round: partitions, rollup, retention, as the backend needs.
+pub async fn run_once(
+    client: &Client,
+    names: &Names,
+    settings: &StoreSettings,
+    backend: &Backend,
+    ahead: Duration,
+) -> Result<Upkeep, StoreError> {
+    let mut upkeep = Upkeep::default();
+    if backend.native_partitions() {
+        upkeep.partitions_created = partitions_ahead(client, names, settings, ahead).await?;
+    }
+    if !backend.continuous_aggregate() {
+        upkeep.rollup_buckets = client
+            .query_one(&format!("SELECT {}.jetscale_refresh_rollup($1)", names.schema), &[&names.table])
+            .await?
+            .get(0);
+    }
+    let raw_cutoff = SystemTime::now() - settings.retention;
+    let rollup_cutoff = SystemTime::now() - settings.rollup_retention;
+    match backend {
+        Backend::Native => {
+            upkeep.partitions_dropped = client
+                .query_one(
+                    &format!("SELECT {}.jetscale_drop_partitions($1, $2)", names.schema),
+                    &[&names.table, &raw_cutoff],
+                )
+                .await?
+                .get(0);
+        }
+        Backend::Timescale { apache_only: true, .. } => {
+            // No retention jobs without the TSL license; drop_chunks itself is Apache.
+            let dropped = client
+                .query(
+                    &format!("SELECT drop_chunks('{}', older_than => $1::timestamptz)", names.metrics.replace('\'', "''")),
+                    &[&raw_cutoff],
+                )
+                .await?;
+            upkeep.partitions_dropped = dropped.len() as i32;
+        }
+        Backend::Timescale { .. } => {}
+    }
+    if !backend.continuous_aggregate() {
+        client
+            .execute(&format!("DELETE FROM {} WHERE bucket < $1", names.hourly_data), &[&rollup_cutoff])
+            .await?;
+    }
+    Ok(upkeep)
+}

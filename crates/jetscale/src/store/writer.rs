@@ -1,0 +1,326 @@
+//! Writes one batch in one transaction: ledger claim, binary COPY of the rows, dead letters,
+//! rollup invalidations, commit. Redelivered messages already committed are skipped (and
+//! still acknowledged); a message whose rows the database refuses is isolated by splitting
+//! the batch and dead-lettered alone, so one bad row never costs the batch.
+
+use super::copy::{HEADER, TRAILER};
+use super::ledger::{self, StreamKey};
+use super::schema::{Backend, Names};
+use super::StoreError;
+use crate::process::{Batch, DeadLetter};
+use bytes::Bytes;
+use futures::SinkExt;
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio_postgres::Client;
+
+/// What a committed batch did. Every reply subject in it may now be acknowledged.
+#[derive(Debug, Default)]
+pub struct Committed {
+    pub rows: usize,
+    pub messages: usize,
+    pub dead_letters: usize,
+    /// Messages skipped because an earlier transaction had committed them.
+    pub duplicates: usize,
+    pub replies: Vec<async_nats::Subject>,
+    /// Publish times of the committed messages, for latency figures.
+    pub published_ns: Vec<i64>,
+}
+
+impl Committed {
+    fn merge(&mut self, other: Committed) {
+        self.rows += other.rows;
+        self.messages += other.messages;
+        self.dead_letters += other.dead_letters;
+        self.duplicates += other.duplicates;
+        self.replies.extend(other.replies);
+        self.published_ns.extend(other.published_ns);
+    }
+}
+
+/// Partitions known to exist, shared by every writer of the process.
+#[derive(Debug, Default)]
+pub struct PartitionCache(Mutex<HashSet<i64>>);
+
+impl PartitionCache {
+    fn missing(&self, chunks: impl Iterator<Item = i64>) -> Vec<i64> {
+        let known = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        chunks.filter(|c| !known.contains(c)).collect()
+    }
+    fn add(&self, chunk: i64) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(chunk);
+    }
+}
+
+/// One database connection writing batches.
+pub struct Writer {
+    client: Client,
+    names: Names,
+    key: StreamKey,
+    stream: String,
+    backend: Backend,
+    chunk: Duration,
+    partitions: Arc<PartitionCache>,
+    copy_sql: String,
+}
+
+const MAX_LEDGER_RETRIES: usize = 8;
+
+impl Writer {
+    pub fn new(
+        client: Client,
+        names: Names,
+        key: StreamKey,
+        stream: String,
+        backend: Backend,
+        chunk: Duration,
+        partitions: Arc<PartitionCache>,
+    ) -> Self {
+        let copy_sql = format!(
+            "COPY {} (time, device_id, location, metric_name, value, unit, attributes) FROM STDIN (FORMAT binary)",
+            names.metrics
+        );
+        Writer {
+            client,
+            names,
+            key,
+            stream,
+            backend,
+            chunk,
+            partitions,
+            copy_sql,
+        }
+    }
+
+    /// Whether the connection is gone (the caller reconnects).
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    /// Writes a batch. Transient errors are returned for the caller to retry the same
+    /// batch; data errors are handled here.
+    pub async fn write(&mut self, batch: &Batch) -> Result<Committed, StoreError> {
+        self.ensure_partitions(batch).await?;
+        self.write_isolating(batch).await
+    }
+
+    async fn ensure_partitions(&self, batch: &Batch) -> Result<(), StoreError> {
+        if !self.backend.native_partitions() {
+            return Ok(());
+        }
+        let missing = self.partitions.missing(batch.chunks.iter().copied());
+        for chunk in missing {
+            ensure_partition_range(&self.client, &self.names, chunk, chunk + 1, self.chunk).await?;
+            self.partitions.add(chunk);
+        }
+        Ok(())
+    }
+
+    fn write_isolating<'a>(
+        &'a mut self,
+        batch: &'a Batch,
+    ) -> Pin<Box<dyn Future<Output = Result<Committed, StoreError>> + Send + 'a>> {
+        Box::pin(async move {
+            match self.write_once(batch).await {
+                Err(e) if e.is_data_error() => {
+                    if batch.messages.len() > 1 {
+                        tracing::warn!(error = %e, messages = batch.messages.len(), "database refused a batch; splitting it to isolate the message");
+                        let mid = batch.messages.len() / 2;
+                        let first: Vec<usize> = (0..mid).collect();
+                        let second: Vec<usize> = (mid..batch.messages.len()).collect();
+                        let mut done = self.write_isolating(&batch.select(&first)).await?;
+                        done.merge(self.write_isolating(&batch.select(&second)).await?);
+                        Ok(done)
+                    } else {
+                        let mut single = batch.select(&[0]);
+                        let reason = format!("rejected by the database: {}", db_message(&e));
+                        tracing::warn!(seq = single.messages.first().map(|m| m.stream_seq), %reason, "dead-lettering a message");
+                        single.metrics.clear();
+                        single.metric_rows = 0;
+                        if let Some(m) = single.messages.first_mut() {
+                            m.rows = 0..0;
+                            m.row_count = 0;
+                            match m.dead_letter {
+                                Some(i) => {
+                                    if let Some(d) = single.dead_letters.get_mut(i) {
+                                        d.reason = reason;
+                                    }
+                                }
+                                None => {
+                                    let cap = m.payload.len().min(crate::process::batch::DEAD_LETTER_PAYLOAD_CAP);
+                                    single.dead_letters.push(DeadLetter {
+                                        stream_seq: m.stream_seq,
+                                        subject: m.subject.to_string(),
+                                        headers: "{}".into(),
+                                        reason,
+                                        payload: m.payload[..cap].to_vec(),
+                                        payload_size: m.payload.len(),
+                                    });
+                                    m.dead_letter = Some(single.dead_letters.len() - 1);
+                                }
+                            }
+                        }
+                        self.write_once(&single).await
+                    }
+                }
+                other => other,
+            }
+        })
+    }
+
+    async fn write_once(&mut self, batch: &Batch) -> Result<Committed, StoreError> {
+        let mut attempt = 0;
+        loop {
+            match self.transaction(batch).await {
+                Err(e) if e.is_ledger_conflict() && attempt < MAX_LEDGER_RETRIES => {
+                    // Another collector committed some of these messages a moment ago; the
+                    // next attempt sees its ranges and skips them.
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(5 * attempt as u64)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn transaction(&mut self, batch: &Batch) -> Result<Committed, StoreError> {
+        let names = &self.names;
+        let native_rollup = !self.backend.continuous_aggregate();
+        let tx = self.client.transaction().await?;
+        if native_rollup {
+            tx.execute("SELECT pg_advisory_xact_lock_shared(hashtext('jetscale.rollup.' || $1))", &[&names.table])
+                .await?;
+        }
+        let min = batch.messages.iter().map(|m| m.stream_seq).min().unwrap_or(0);
+        let max = batch.messages.iter().map(|m| m.stream_seq).max().unwrap_or(0);
+        let committed = ledger::committed_within(&tx, names, self.key, min, max).await?;
+        let is_committed = |seq: u64| committed.iter().any(|&(l, u)| seq >= l && seq < u);
+        let keep: Vec<usize> = (0..batch.messages.len())
+            .filter(|&i| !is_committed(batch.messages[i].stream_seq))
+            .collect();
+        let mut outcome = Committed {
+            duplicates: batch.messages.len() - keep.len(),
+            ..Committed::default()
+        };
+        outcome.replies = batch.messages.iter().flat_map(|m| m.replies.iter().cloned()).collect();
+        let selected;
+        let work = if keep.len() == batch.messages.len() {
+            batch
+        } else {
+            selected = batch.select(&keep);
+            &selected
+        };
+        let mut seqs: Vec<u64> = work.messages.iter().map(|m| m.stream_seq).collect();
+        seqs.sort_unstable();
+        seqs.dedup();
+        if !seqs.is_empty() {
+            ledger::record(&tx, names, self.key, &seqs).await?;
+        }
+        if work.metric_rows > 0 {
+            let sink = tx.copy_in(&self.copy_sql).await?;
+            futures::pin_mut!(sink);
+            sink.feed(Bytes::from_static(HEADER)).await?;
+            sink.feed(Bytes::copy_from_slice(&work.metrics)).await?;
+            sink.feed(Bytes::from_static(TRAILER)).await?;
+            sink.finish().await?;
+        }
+        if !work.dead_letters.is_empty() {
+            insert_dead_letters(&tx, names, &self.stream, &work.dead_letters).await?;
+        }
+        if native_rollup && work.metric_rows > 0 {
+            let hours: Vec<SystemTime> = work
+                .hours
+                .iter()
+                .map(|&us| SystemTime::UNIX_EPOCH + Duration::from_micros(us.max(0) as u64))
+                .collect();
+            tx.execute(
+                &format!(
+                    "INSERT INTO {inv} (relation, bucket)
+                     SELECT $1, b FROM unnest($2::timestamptz[]) AS b
+                     WHERE b < (SELECT watermark FROM {state} WHERE relation = $1)
+                     ON CONFLICT DO NOTHING",
+                    inv = names.own("jetscale_rollup_invalidations"),
+                    state = names.own("jetscale_rollup_state"),
+                ),
+                &[&names.table, &hours],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        outcome.rows = work.metric_rows;
+        outcome.messages = work.messages.len();
+        outcome.dead_letters = work.dead_letters.len();
+        outcome.published_ns = work.messages.iter().map(|m| m.published_ns).collect();
+        Ok(outcome)
+    }
+}
+
+/// Creates partitions for the chunks `[from_chunk, to_chunk)` (microseconds since the epoch,
+/// aligned to the chunk width).
+pub async fn ensure_partition_range(
+    client: &Client,
+    names: &Names,
+    from_us: i64,
+    to_us: i64,
+    width: Duration,
+) -> Result<i32, StoreError> {
+    let from = SystemTime::UNIX_EPOCH + Duration::from_micros(from_us.max(0) as u64);
+    let to_us = to_us.max(from_us + 1);
+    let width_us = width.as_micros() as i64;
+    let to_aligned = to_us + (width_us - to_us.rem_euclid(width_us)) % width_us;
+    let to = SystemTime::UNIX_EPOCH + Duration::from_micros(to_aligned.max(0) as u64);
+    let width_secs = format!("{} seconds", width.as_secs());
+    let row = client
+        .query_one(
+            &format!("SELECT {}.jetscale_ensure_partitions($1, $2, $3, $4::text::interval)", names.schema),
+            &[&names.table, &from, &to, &width_secs],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+async fn insert_dead_letters(
+    tx: &tokio_postgres::Transaction<'_>,
+    names: &Names,
+    stream: &str,
+    dead: &[DeadLetter],
+) -> Result<(), StoreError> {
+    let clean = |s: &str| s.replace('\0', "\u{fffd}");
+    let seqs: Vec<i64> = dead.iter().map(|d| d.stream_seq as i64).collect();
+    let subjects: Vec<String> = dead.iter().map(|d| clean(&d.subject)).collect();
+    let headers: Vec<String> = dead.iter().map(|d| clean(&d.headers)).collect();
+    let reasons: Vec<String> = dead.iter().map(|d| clean(&d.reason)).collect();
+    let payloads: Vec<&[u8]> = dead.iter().map(|d| d.payload.as_slice()).collect();
+    let sizes: Vec<i32> = dead.iter().map(|d| d.payload_size.min(i32::MAX as usize) as i32).collect();
+    tx.execute(
+        &format!(
+            "INSERT INTO {} (stream, stream_seq, subject, headers, reason, payload, payload_size)
+             SELECT $1, s, subj, h::jsonb, r, p, n
+             FROM unnest($2::int8[], $3::text[], $4::text[], $5::text[], $6::bytea[], $7::int4[]) AS t(s, subj, h, r, p, n)",
+            names.dead_letters
+        ),
+        &[&stream, &seqs, &subjects, &headers, &reasons, &payloads, &sizes],
+    )
+    .await?;
+    Ok(())
+}
+
+fn db_message(e: &StoreError) -> String {
+    match e {
+        StoreError::Db(db) => db
+            .as_db_error()
+            .map(|d| format!("{} ({})", d.message(), d.code().code()))
+            .unwrap_or_else(|| db.to_string()),
+        other => other.to_string(),
+    }
+}
+
+impl Writer {
+    /// Replaces a lost connection.
+    pub fn reconnect(&mut self, client: Client) {
+        self.client = client;
+    }
+}

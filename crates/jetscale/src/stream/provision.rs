@@ -1,0 +1,274 @@
+//! Creates the stream and the durable consumer, or checks them: running setup twice
+//! changes nothing and says so; a stream with other settings is reported setting by setting
+//! and updated where NATS allows it.
+
+use super::StreamError;
+use crate::config::units::format_duration;
+use crate::config::{ConsumerSettings, StreamSettings};
+use async_nats::jetstream::{self, consumer, stream};
+use std::time::Duration;
+
+/// One setting that differs between what exists and what is configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drift {
+    pub setting: &'static str,
+    pub found: String,
+    pub wanted: String,
+    /// Whether NATS lets the setting change on an existing stream or consumer.
+    pub updatable: bool,
+}
+
+impl std::fmt::Display for Drift {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {} -> {}", self.setting, self.found, self.wanted)?;
+        if !self.updatable {
+            f.write_str(" (NATS can not change this on an existing stream: recreate it, which loses its messages)")?;
+        }
+        Ok(())
+    }
+}
+
+/// What provisioning did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Provisioned {
+    Created,
+    Unchanged,
+    Updated(Vec<Drift>),
+    /// Differences that could not be applied.
+    Drifted(Vec<Drift>),
+}
+
+fn stream_config(s: &StreamSettings) -> stream::Config {
+    stream::Config {
+        name: s.name.clone(),
+        subjects: s.subjects.clone(),
+        retention: match s.retention.as_str() {
+            "interest" => stream::RetentionPolicy::Interest,
+            "workqueue" => stream::RetentionPolicy::WorkQueue,
+            _ => stream::RetentionPolicy::Limits,
+        },
+        max_age: s.max_age,
+        max_bytes: s.max_bytes,
+        storage: if s.storage == "memory" {
+            stream::StorageType::Memory
+        } else {
+            stream::StorageType::File
+        },
+        num_replicas: s.replicas,
+        discard: if s.discard == "new" {
+            stream::DiscardPolicy::New
+        } else {
+            stream::DiscardPolicy::Old
+        },
+        duplicate_window: s.duplicate_window,
+        ..Default::default()
+    }
+}
+
+fn drifts(found: &stream::Config, wanted: &stream::Config) -> Vec<Drift> {
+    let mut out = Vec::new();
+    let mut check = |setting: &'static str, f: String, w: String, updatable: bool| {
+        if f != w {
+            out.push(Drift {
+                setting,
+                found: f,
+                wanted: w,
+                updatable,
+            });
+        }
+    };
+    check("subjects", found.subjects.join(","), wanted.subjects.join(","), true);
+    check("retention", format!("{:?}", found.retention), format!("{:?}", wanted.retention), false);
+    check("max_age", format_duration(found.max_age), format_duration(wanted.max_age), true);
+    check("max_bytes", found.max_bytes.to_string(), wanted.max_bytes.to_string(), true);
+    check("storage", format!("{:?}", found.storage), format!("{:?}", wanted.storage), false);
+    check("replicas", found.num_replicas.to_string(), wanted.num_replicas.to_string(), true);
+    check("discard", format!("{:?}", found.discard), format!("{:?}", wanted.discard), true);
+    check(
+        "duplicate_window",
+        format_duration(found.duplicate_window),
+        format_duration(wanted.duplicate_window),
+        true,
+    );
+    out
+}
+
+/// Creates the stream, or reports and applies the differences NATS allows.
+pub async fn ensure_stream(js: &jetstream::Context, settings: &StreamSettings) -> Result<(Provisioned, stream::Stream), StreamError> {
+    let wanted = stream_config(settings);
+    let err = |step: &'static str| move |e: String| StreamError::JetStream { step, detail: e };
+    match js.get_stream(&settings.name).await {
+        Ok(mut existing) => {
+            let found = existing
+                .info()
+                .await
+                .map_err(|e| err("stream info")(e.to_string()))?
+                .config
+                .clone();
+            let differences = drifts(&found, &wanted);
+            if differences.is_empty() {
+                return Ok((Provisioned::Unchanged, existing));
+            }
+            if differences.iter().any(|d| !d.updatable) {
+                return Ok((Provisioned::Drifted(differences), existing));
+            }
+            let mut update = found.clone();
+            update.subjects = wanted.subjects.clone();
+            update.max_age = wanted.max_age;
+            update.max_bytes = wanted.max_bytes;
+            update.num_replicas = wanted.num_replicas;
+            update.discard = wanted.discard;
+            update.duplicate_window = wanted.duplicate_window;
+            js.update_stream(&update)
+                .await
+                .map_err(|e| StreamError::Incompatible {
+                    stream: settings.name.clone(),
+                    detail: format!("NATS refused the update ({e}); differences: {}", list(&differences)),
+                })?;
+            let stream = js
+                .get_stream(&settings.name)
+                .await
+                .map_err(|e| err("get stream")(e.to_string()))?;
+            Ok((Provisioned::Updated(differences), stream))
+        }
+        Err(e)
+            if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(ref js_err)
+                if js_err.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+        {
+            let stream = js.create_stream(wanted).await.map_err(|e| {
+                let text = e.to_string();
+                let hint = if text.contains("overlap") {
+                    " (another stream already listens on these subjects: `nats stream ls`)"
+                } else if text.contains("replicas") || text.contains("insufficient resources") {
+                    " (replicas above 1 need a NATS cluster with that many JetStream servers)"
+                } else {
+                    ""
+                };
+                StreamError::JetStream {
+                    step: "create stream",
+                    detail: format!("{text}{hint}"),
+                }
+            })?;
+            Ok((Provisioned::Created, stream))
+        }
+        Err(e) => Err(StreamError::JetStream {
+            step: "look up stream",
+            detail: format!("{e} (is JetStream enabled on the server, and may this user use the JetStream API?)"),
+        }),
+    }
+}
+
+fn list(d: &[Drift]) -> String {
+    d.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+}
+
+/// The durable pull consumer's configuration: explicit acks, everything from the start.
+pub fn consumer_config(c: &ConsumerSettings) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: c.durable.then(|| c.name.clone()),
+        name: Some(c.name.clone()),
+        filter_subject: c.filter_subject.clone(),
+        ack_policy: consumer::AckPolicy::Explicit,
+        deliver_policy: consumer::DeliverPolicy::All,
+        ack_wait: c.ack_wait,
+        max_ack_pending: c.max_ack_pending,
+        max_deliver: c.max_deliver,
+        max_batch: 0,
+        inactive_threshold: if c.durable { Duration::ZERO } else { Duration::from_secs(300) },
+        ..Default::default()
+    }
+}
+
+/// Creates the consumer, or reports and updates its differences.
+pub async fn ensure_consumer(
+    stream: &stream::Stream,
+    settings: &ConsumerSettings,
+) -> Result<(Provisioned, consumer::Consumer<consumer::pull::Config>), StreamError> {
+    let wanted = consumer_config(settings);
+    match stream.get_consumer::<consumer::pull::Config>(&settings.name).await {
+        Ok(mut existing) => {
+            let found = existing
+                .info()
+                .await
+                .map_err(|e| StreamError::JetStream {
+                    step: "consumer info",
+                    detail: e.to_string(),
+                })?
+                .config
+                .clone();
+            let mut differences = Vec::new();
+            let mut check = |setting: &'static str, f: String, w: String, updatable: bool| {
+                if f != w {
+                    differences.push(Drift {
+                        setting,
+                        found: f,
+                        wanted: w,
+                        updatable,
+                    });
+                }
+            };
+            check("filter_subject", found.filter_subject.clone(), wanted.filter_subject.clone(), true);
+            check("ack_policy", format!("{:?}", found.ack_policy), format!("{:?}", wanted.ack_policy), false);
+            check("ack_wait", format_duration(found.ack_wait), format_duration(wanted.ack_wait), true);
+            check("max_ack_pending", found.max_ack_pending.to_string(), wanted.max_ack_pending.to_string(), true);
+            check("max_deliver", found.max_deliver.to_string(), wanted.max_deliver.to_string(), true);
+            if differences.is_empty() {
+                return Ok((Provisioned::Unchanged, existing));
+            }
+            if differences.iter().any(|d| !d.updatable) {
+                return Ok((Provisioned::Drifted(differences), existing));
+            }
+            let mut update = wanted.clone();
+            update.deliver_policy = found.deliver_policy;
+            let consumer = stream
+                .create_consumer(update)
+                .await
+                .map_err(|e| StreamError::JetStream {
+                    step: "update consumer",
+                    detail: format!("{e}; differences: {}", list(&differences)),
+                })?;
+            Ok((Provisioned::Updated(differences), consumer))
+        }
+        Err(_) => {
+            let consumer = stream
+                .create_consumer(wanted)
+                .await
+                .map_err(|e| StreamError::JetStream {
+                    step: "create consumer",
+                    detail: e.to_string(),
+                })?;
+            Ok((Provisioned::Created, consumer))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drift_is_reported_setting_by_setting() {
+        let seed_000 = StreamSettings {
+            name: "TELEMETRY".into(),
+            subjects: vec!["telemetry.>".into()],
+            retention: "limits".into(),
+            max_age: Duration::from_secs(48 * 3600),
+            max_bytes: 50_000_000_000,
+            storage: "file".into(),
+            replicas: 1,
+            discard: "old".into(),
+            duplicate_window: Duration::from_secs(120),
+        };
+        let seed_001 = StreamSettings {
+            max_age: Duration::from_secs(7 * 86_400),
+            max_bytes: 1_000_000_000,
+            duplicate_window: Duration::from_secs(5),
+            ..seed_000.clone()
+        };
+        let d = drifts(&stream_config(&seed_000), &stream_config(&seed_001));
+        let names: Vec<_> = d.iter().map(|d| d.setting).collect();
+        assert_eq!(names, vec!["max_age", "max_bytes", "duplicate_window"]);
+        assert!(d.iter().all(|d| d.updatable));
+        assert_eq!(d[0].to_string(), "max_age: 2d -> 7d");
+    }
+}
