@@ -20,6 +20,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, watch, Mutex};
 
+/// A partial batch is written once no message has arrived for this long.
+const IDLE_FLUSH: Duration = Duration::from_millis(200);
+
 /// Why the collector stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -132,7 +135,7 @@ pub async fn run(
         shutdown.clone(),
     ));
 
-    let fetched = fetch_loop(settings, options, &consumer, batch_tx, &counters, &mut shutdown).await;
+    let fetched = fetch_loop(settings, options, &consumer, batch_tx, &mut shutdown).await;
     // The batch channel is closed: writers finish what they hold, then stop.
     for w in writers {
         let _ = w.await;
@@ -184,7 +187,6 @@ async fn fetch_loop(
     options: &RunOptions,
     consumer: &jetstream::consumer::Consumer<jetstream::consumer::pull::Config>,
     batch_tx: mpsc::Sender<Batch>,
-    counters: &Counters,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), PipelineError> {
     let chunk_us = settings.store.chunk_interval.as_micros() as i64;
@@ -258,7 +260,10 @@ async fn fetch_loop(
                 }
             }
             _ = tick.tick() => {
-                if !batch.is_empty() && batch.opened.elapsed() >= settings.batch.timeout {
+                // A partial batch goes when it is due, or as soon as the stream has nothing
+                // more for now: waiting out the timeout then would only add latency.
+                let drained = last_message.elapsed() >= IDLE_FLUSH;
+                if !batch.is_empty() && (batch.opened.elapsed() >= settings.batch.timeout || drained) {
                     let due = std::mem::replace(&mut batch, Batch::new(chunk_us, settings.batch.max_rows));
                     if batch_tx.send(due).await.is_err() {
                         break;
@@ -282,7 +287,6 @@ async fn fetch_loop(
     if !batch.is_empty() {
         let _ = batch_tx.send(batch).await;
     }
-    let _ = counters;
     Ok(())
 }
 

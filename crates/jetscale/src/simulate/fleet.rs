@@ -146,8 +146,8 @@ impl Device {
                 .wrapping_mul(0x9e37_79b9_7f4a_7c15),
         )));
         let (temp_target, temperature) = if overheating {
-            // Starts warm, not yet hot: the anomaly develops while the run goes on.
-            (uniform(&mut rng, HOT_BAND), uniform(&mut rng, (26.0, 30.0)))
+            // Already running hot, and drifting hotter: a short run shows the anomaly too.
+            (uniform(&mut rng, HOT_BAND), uniform(&mut rng, (35.5, 38.0)))
         } else {
             let target = uniform(&mut rng, (19.5, 26.5));
             (target, target + noise(&mut rng))

@@ -286,7 +286,11 @@ pub async fn run(
         let mut now = Instant::now();
         if now >= next_progress {
             progress(&runner.snapshot(now, &mut last_snapshot));
-            next_progress = (next_progress + PROGRESS_EVERY).max(now);
+            next_progress += PROGRESS_EVERY;
+            if next_progress <= now {
+                // Fell behind (a long await): skip the missed ticks instead of firing them all.
+                next_progress = now + PROGRESS_EVERY;
+            }
         }
         // Take every ack that is already there before deciding what to do next.
         while let Some(Some((p, res))) = runner.in_flight.next().now_or_never() {
@@ -1041,8 +1045,9 @@ mod tests {
         })
         .await
         .expect("create stream");
-        // 50 devices every 500 ms = 100 msg/s for 1.2 s: about 120 messages (the first round
-        // starts at t=0, so 3 rounds minus the devices not yet due).
+        // 50 devices every 500 ms = 100 msg/s for 1.2 s: exactly 120 messages are due before
+        // the deadline (two rounds, then devices 0..20 of the third, due at 1000..1190 ms). A
+        // loaded machine may start the last few too late, never more.
         let opts = SimulateOptions {
             devices: 50,
             interval: Duration::from_millis(500),
@@ -1051,12 +1056,13 @@ mod tests {
         };
         let report = run(js.clone(), &opts, |_| {}).await.expect("run");
         assert!(
-            (110..=130).contains(&report.acked),
+            (100..=120).contains(&report.acked),
             "acked {} in {:?}",
             report.acked,
             report.elapsed
         );
-        // A rate cap of 200 msg/s over 1 s, devices publishing back to back.
+        // A rate cap of 200 msg/s over 1 s, devices publishing back to back: 200 plus the
+        // pacer's 10 ms burst allowance at most.
         let opts = SimulateOptions {
             devices: 10,
             interval: Duration::ZERO,
@@ -1066,7 +1072,7 @@ mod tests {
         };
         let report = run(js, &opts, |_| {}).await.expect("run");
         assert!(
-            (190..=215).contains(&report.acked),
+            (150..=203).contains(&report.acked),
             "acked {} in {:?}",
             report.acked,
             report.elapsed
