@@ -70,8 +70,8 @@ pub struct FlatLog {
 /// assert_eq!(ns, 1_705_314_601_234_000_000);
 /// ```
 pub fn rfc3339_to_unix_nanos(text: &str) -> Option<i64> {
-    let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-        .ok()?;
+    let t =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
     i64::try_from(t.unix_timestamp_nanos()).ok()
 }
 
@@ -126,6 +126,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(log.error, "connection refused");
-        assert_eq!(unix_nanos_to_rfc3339(rfc3339_to_unix_nanos(&log.timestamp).unwrap()), "2024-01-15T10:30:01Z");
+        assert_eq!(
+            unix_nanos_to_rfc3339(rfc3339_to_unix_nanos(&log.timestamp).unwrap()),
+            "2024-01-15T10:30:01Z"
+        );
     }
 }

@@ -99,7 +99,10 @@ mod tests {
 
     #[test]
     fn device_token_only_for_seed_000_shape() {
-        assert_eq!(device_of("telemetry.metrics.sensor-001"), Some("sensor-001"));
+        assert_eq!(
+            device_of("telemetry.metrics.sensor-001"),
+            Some("sensor-001")
+        );
         assert_eq!(device_of("telemetry.metrics.worker.step.duration_ms"), None);
         assert_eq!(device_of("telemetry.logs.engine"), None);
         assert_eq!(device_of("other.metrics.x"), None);

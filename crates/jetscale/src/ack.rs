@@ -13,7 +13,10 @@ const IN_PROGRESS: &[u8] = b"+WPI";
 /// is redelivered and the ledger skips it.
 pub async fn committed(client: &Client, replies: &[Subject]) {
     for reply in replies {
-        if let Err(e) = client.publish(reply.clone(), bytes::Bytes::from_static(ACK)).await {
+        if let Err(e) = client
+            .publish(reply.clone(), bytes::Bytes::from_static(ACK))
+            .await
+        {
             tracing::debug!(error = %e, "ack not sent; the message will be redelivered and skipped");
         }
     }
@@ -26,7 +29,9 @@ pub async fn committed(client: &Client, replies: &[Subject]) {
 /// down), so they are not redelivered or counted towards MaxDeliver meanwhile.
 pub async fn in_progress(client: &Client, replies: &[Subject]) {
     for reply in replies {
-        let _ = client.publish(reply.clone(), bytes::Bytes::from_static(IN_PROGRESS)).await;
+        let _ = client
+            .publish(reply.clone(), bytes::Bytes::from_static(IN_PROGRESS))
+            .await;
     }
     let _ = client.flush().await;
 }

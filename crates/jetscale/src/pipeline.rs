@@ -97,7 +97,8 @@ pub async fn run(
     tracing::info!(backend = %backend, table = %names.metrics, "database ready");
     let key = register_stream(&js, &admin, &names, settings, options).await?;
     if backend.native_partitions() {
-        maintenance::partitions_ahead(&admin, &names, &settings.store, settings.limits.max_future).await?;
+        maintenance::partitions_ahead(&admin, &names, &settings.store, settings.limits.max_future)
+            .await?;
     }
 
     let (batch_tx, batch_rx) = mpsc::channel::<Batch>(settings.store.writers);
@@ -179,7 +180,14 @@ async fn register_stream(
         created: SystemTime::from(info.created),
         last_seq: info.state.last_sequence,
     };
-    Ok(ledger::register(admin, names, &state, &settings.consumer.name, options.accept_new_stream).await?)
+    Ok(ledger::register(
+        admin,
+        names,
+        &state,
+        &settings.consumer.name,
+        options.accept_new_stream,
+    )
+    .await?)
 }
 
 async fn fetch_loop(
@@ -321,10 +329,16 @@ async fn write_loop(
             match writer.write(&batch).await {
                 Ok(done) => {
                     ack::committed(&nats, &done.replies).await;
-                    counters.messages.fetch_add(done.messages as u64, Ordering::Relaxed);
+                    counters
+                        .messages
+                        .fetch_add(done.messages as u64, Ordering::Relaxed);
                     counters.rows.fetch_add(done.rows as u64, Ordering::Relaxed);
-                    counters.dead_letters.fetch_add(done.dead_letters as u64, Ordering::Relaxed);
-                    counters.duplicates.fetch_add(done.duplicates as u64, Ordering::Relaxed);
+                    counters
+                        .dead_letters
+                        .fetch_add(done.dead_letters as u64, Ordering::Relaxed);
+                    counters
+                        .duplicates
+                        .fetch_add(done.duplicates as u64, Ordering::Relaxed);
                     counters.batches.fetch_add(1, Ordering::Relaxed);
                     let now_ns = SystemTime::now()
                         .duration_since(SystemTime::UNIX_EPOCH)
@@ -332,7 +346,14 @@ async fn write_loop(
                     for published in &done.published_ns {
                         counters.latency.record_ns(now_ns - published);
                     }
-                    tracing::debug!(writer = index, rows = done.rows, messages = done.messages, dead_letters = done.dead_letters, duplicates = done.duplicates, "batch committed");
+                    tracing::debug!(
+                        writer = index,
+                        rows = done.rows,
+                        messages = done.messages,
+                        dead_letters = done.dead_letters,
+                        duplicates = done.duplicates,
+                        "batch committed"
+                    );
                     break;
                 }
                 Err(e) => {
@@ -342,7 +363,11 @@ async fn write_loop(
                         break;
                     }
                     tracing::warn!(writer = index, error = %e, retry_in = ?backoff, "batch not written; retrying (nothing is acknowledged until it commits)");
-                    let replies: Vec<_> = batch.messages.iter().flat_map(|m| m.replies.iter().cloned()).collect();
+                    let replies: Vec<_> = batch
+                        .messages
+                        .iter()
+                        .flat_map(|m| m.replies.iter().cloned())
+                        .collect();
                     if last_progress.elapsed() >= settings.consumer.ack_wait / 3 {
                         ack::in_progress(&nats, &replies).await;
                         last_progress = Instant::now();
@@ -356,7 +381,9 @@ async fn write_loop(
                         }
                     }
                     if *shutdown.borrow() && backoff >= Duration::from_secs(10) {
-                        tracing::warn!("shutting down with a batch unwritten; it will be redelivered");
+                        tracing::warn!(
+                            "shutting down with a batch unwritten; it will be redelivered"
+                        );
                         break;
                     }
                 }
@@ -386,9 +413,22 @@ async fn upkeep_loop(
                 Err(_) => continue,
             }
         }
-        match maintenance::run_once(&admin, &names, &settings.store, &backend, settings.limits.max_future).await {
+        match maintenance::run_once(
+            &admin,
+            &names,
+            &settings.store,
+            &backend,
+            settings.limits.max_future,
+        )
+        .await
+        {
             Ok(u) if u.partitions_created + u.partitions_dropped + u.rollup_buckets > 0 => {
-                tracing::info!(created = u.partitions_created, dropped = u.partitions_dropped, rollup_buckets = u.rollup_buckets, "maintenance");
+                tracing::info!(
+                    created = u.partitions_created,
+                    dropped = u.partitions_dropped,
+                    rollup_buckets = u.rollup_buckets,
+                    "maintenance"
+                );
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "maintenance failed; will retry"),
@@ -397,7 +437,8 @@ async fn upkeep_loop(
             Ok(info) => info.ack_floor.stream_sequence,
             Err(_) => continue,
         };
-        if let Err(e) = ledger::prune(&mut admin, &names, key, &settings.consumer.name, floor).await {
+        if let Err(e) = ledger::prune(&mut admin, &names, key, &settings.consumer.name, floor).await
+        {
             tracing::warn!(error = %e, "ledger pruning failed; will retry");
         }
     }

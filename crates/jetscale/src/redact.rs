@@ -34,7 +34,10 @@ fn redact_one(url: &str) -> String {
     let tail = tail
         .split('&')
         .map(|p| {
-            if p.trim_start_matches('?').to_ascii_lowercase().starts_with("password=") {
+            if p.trim_start_matches('?')
+                .to_ascii_lowercase()
+                .starts_with("password=")
+            {
                 let prefix = if p.starts_with('?') { "?" } else { "" };
                 format!("{prefix}password=***")
             } else {
@@ -52,14 +55,23 @@ mod tests {
 
     #[test]
     fn passwords_never_survive() {
-        assert_eq!(redact_url("nats://collector:s3cret@nats:4222"), "nats://collector:***@nats:4222");
+        assert_eq!(
+            redact_url("nats://collector:s3cret@nats:4222"),
+            "nats://collector:***@nats:4222"
+        );
         assert_eq!(redact_url("nats://tok3n@nats:4222"), "nats://***@nats:4222");
         assert_eq!(
             redact_url("postgresql://otel:pw@db:5432/telemetry?sslmode=require&password=x"),
             "postgresql://otel:***@db:5432/telemetry?sslmode=require&password=***"
         );
-        assert_eq!(redact_url("host=db password=pw user=x"), "host=db password=*** user=x");
-        assert_eq!(redact_url("nats://a:1@h1:4222,nats://b:2@h2:4222"), "nats://a:***@h1:4222,nats://b:***@h2:4222");
+        assert_eq!(
+            redact_url("host=db password=pw user=x"),
+            "host=db password=*** user=x"
+        );
+        assert_eq!(
+            redact_url("nats://a:1@h1:4222,nats://b:2@h2:4222"),
+            "nats://a:***@h1:4222,nats://b:***@h2:4222"
+        );
         assert_eq!(redact_url("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
     }
 }

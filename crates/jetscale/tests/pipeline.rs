@@ -27,7 +27,10 @@ async fn simulated_fleet_lands_exactly_once_value_for_value() {
     stored.sort();
     expected.sort();
     assert_eq!(stored.len(), 3000);
-    assert_eq!(stored, expected, "every value stored bit for bit, none twice");
+    assert_eq!(
+        stored, expected,
+        "every value stored bit for bit, none twice"
+    );
 
     // Columns of the seed's schema, filled from the seed's payload.
     let row = db
@@ -47,7 +50,11 @@ async fn simulated_fleet_lands_exactly_once_value_for_value() {
     // A second run finds nothing new: everything was acknowledged after its commit.
     let again = common::collect_until_idle(&settings).await;
     assert_eq!(again.messages, 0);
-    let count: i64 = db.query_one("SELECT count(*) FROM iot_metrics", &[]).await.unwrap().get(0);
+    let count: i64 = db
+        .query_one("SELECT count(*) FROM iot_metrics", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(count, 3000);
 }
 
@@ -71,7 +78,9 @@ async fn seed_sql_runs_verbatim_and_the_hourly_rollup_matches_raw_data() {
     let db = common::db(&db_url).await;
 
     // The seed's anomaly query, character for character.
-    db.batch_execute(SEED_ANOMALY_SQL).await.expect("seed anomaly query runs");
+    db.batch_execute(SEED_ANOMALY_SQL)
+        .await
+        .expect("seed anomaly query runs");
     let rows = db
         .query(SEED_ANOMALY_SQL.trim_end_matches(';'), &[])
         .await
@@ -86,9 +95,15 @@ async fn seed_sql_runs_verbatim_and_the_hourly_rollup_matches_raw_data() {
         .unwrap()
         .get(0);
     assert_eq!(rows.len() as i64, by_hand);
-    let via_cli = jetscale::store::query::anomalies(&db, "public", "device.temperature", Duration::from_secs(3600), 35.0)
-        .await
-        .unwrap();
+    let via_cli = jetscale::store::query::anomalies(
+        &db,
+        "public",
+        "device.temperature",
+        Duration::from_secs(3600),
+        35.0,
+    )
+    .await
+    .unwrap();
     assert_eq!(via_cli.len(), rows.len());
 
     // The continuous aggregate's relation answers like the seed's definition, before and
@@ -100,7 +115,15 @@ async fn seed_sql_runs_verbatim_and_the_hourly_rollup_matches_raw_data() {
                     FROM iot_metrics GROUP BY bucket, device_id, location, metric_name ORDER BY 1, 2, 3, 4";
     let summary = |rows: Vec<tokio_postgres::Row>| -> Vec<(String, String, i64, f64, f64)> {
         rows.iter()
-            .map(|r| (r.get::<_, String>(1), r.get::<_, String>(3), r.get::<_, i64>(7), r.get::<_, f64>(5), r.get::<_, f64>(6)))
+            .map(|r| {
+                (
+                    r.get::<_, String>(1),
+                    r.get::<_, String>(3),
+                    r.get::<_, i64>(7),
+                    r.get::<_, f64>(5),
+                    r.get::<_, f64>(6),
+                )
+            })
             .collect()
     };
     let raw = summary(db.query(from_raw, &[]).await.unwrap());
@@ -127,7 +150,12 @@ async fn seed_sql_runs_verbatim_and_the_hourly_rollup_matches_raw_data() {
     assert_eq!(view.len(), raw.len());
     for (v, r) in view.iter().zip(&raw) {
         assert_eq!((&v.0, &v.1, v.2), (&r.0, &r.1, r.2));
-        assert!((v.3 - r.3).abs() <= 1e-9 * r.3.abs().max(1.0), "avg {} vs {}", v.3, r.3);
+        assert!(
+            (v.3 - r.3).abs() <= 1e-9 * r.3.abs().max(1.0),
+            "avg {} vs {}",
+            v.3,
+            r.3
+        );
         assert_eq!(v.4, r.4);
     }
 }
@@ -150,16 +178,39 @@ async fn malformed_messages_are_dead_lettered_and_the_rest_stored() {
     let bad: Vec<(&str, Vec<u8>)> = vec![
         ("truncated", good.as_bytes()[..good.len() / 2].to_vec()),
         ("wrong type", good.replace("21.5", "\"hot\"").into_bytes()),
-        ("invalid utf-8", [&good.as_bytes()[..60], &[0xff, 0xfe], &good.as_bytes()[60..]].concat()),
+        (
+            "invalid utf-8",
+            [
+                &good.as_bytes()[..60],
+                &[0xff, 0xfe],
+                &good.as_bytes()[60..],
+            ]
+            .concat(),
+        ),
         ("unknown", br#"{"hello": "world"}"#.to_vec()),
         ("binary", vec![0x0a, 0x03, 0x01, 0x02, 0x00]),
-        ("future", good.replace(&now.to_string(), &(now + 86_400_000_000_000 * 3).to_string()).into_bytes()),
+        (
+            "future",
+            good.replace(
+                &now.to_string(),
+                &(now + 86_400_000_000_000 * 3).to_string(),
+            )
+            .into_bytes(),
+        ),
         ("nul", good.replace("lab", "l\\u0000ab").into_bytes()),
     ];
     for (_, payload) in &bad {
-        js.publish("telemetry.metrics.sensor-x", payload.clone().into()).await.unwrap().await.unwrap();
+        js.publish("telemetry.metrics.sensor-x", payload.clone().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
     }
-    js.publish("telemetry.metrics.sensor-x", good.clone().into()).await.unwrap().await.unwrap();
+    js.publish("telemetry.metrics.sensor-x", good.clone().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
     let report = common::collect_until_idle(&settings).await;
     assert_eq!(report.rows, 1);
     assert_eq!(report.dead_letters, bad.len() as u64);
@@ -173,7 +224,11 @@ async fn malformed_messages_are_dead_lettered_and_the_rest_stored() {
         let reason: String = row.get(2);
         assert!(!reason.is_empty(), "{label}: a reason");
         assert_eq!(row.get::<_, String>(1), "telemetry.metrics.sensor-x");
-        assert_eq!(&row.get::<_, Vec<u8>>(3), payload, "{label}: raw bytes kept");
+        assert_eq!(
+            &row.get::<_, Vec<u8>>(3),
+            payload,
+            "{label}: raw bytes kept"
+        );
         assert_eq!(row.get::<_, i32>(4) as usize, payload.len());
     }
     let reasons: Vec<String> = rows.iter().map(|r| r.get(2)).collect();
@@ -192,10 +247,17 @@ async fn the_seed_config_runs_as_it_is_with_its_table_name() {
         .args(["--nats-url", &nats.server.url(), "--database-url", &db_url])
         .output()
         .unwrap();
-    assert!(setup.status.success(), "{}", String::from_utf8_lossy(&setup.stderr));
+    assert!(
+        setup.status.success(),
+        "{}",
+        String::from_utf8_lossy(&setup.stderr)
+    );
     let first = String::from_utf8_lossy(&setup.stdout).to_string();
     assert!(first.contains("stream TELEMETRY: created"), "{first}");
-    assert!(first.contains("consumer otel-collector: created"), "{first}");
+    assert!(
+        first.contains("consumer otel-collector: created"),
+        "{first}"
+    );
 
     // Setup twice changes nothing and says so.
     let again = Command::new(common::binary())
@@ -206,33 +268,75 @@ async fn the_seed_config_runs_as_it_is_with_its_table_name() {
         .unwrap();
     let second = String::from_utf8_lossy(&again.stdout).to_string();
     assert!(again.status.success());
-    assert!(second.contains("stream TELEMETRY: exists with the configured settings; nothing changed"), "{second}");
-    assert!(second.contains("consumer otel-collector: exists"), "{second}");
+    assert!(
+        second.contains("stream TELEMETRY: exists with the configured settings; nothing changed"),
+        "{second}"
+    );
+    assert!(
+        second.contains("consumer otel-collector: exists"),
+        "{second}"
+    );
     assert!(second.contains("up to date; nothing changed"), "{second}");
 
     let sim = Command::new(common::binary())
-        .args(["simulate", "--devices", "50", "--count", "4", "--interval", "0s", "--nats-url", &nats.server.url()])
+        .args([
+            "simulate",
+            "--devices",
+            "50",
+            "--count",
+            "4",
+            "--interval",
+            "0s",
+            "--nats-url",
+            &nats.server.url(),
+        ])
         .output()
         .unwrap();
-    assert!(sim.status.success(), "{}", String::from_utf8_lossy(&sim.stderr));
+    assert!(
+        sim.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sim.stderr)
+    );
     let collect = Command::new(common::binary())
         .args(["collect", "--config"])
         .arg(&config)
-        .args(["--nats-url", &nats.server.url(), "--database-url", &db_url, "--exit-when-idle", "1s"])
+        .args([
+            "--nats-url",
+            &nats.server.url(),
+            "--database-url",
+            &db_url,
+            "--exit-when-idle",
+            "1s",
+        ])
         .env("HOSTNAME", "collector-host-1")
         .output()
         .unwrap();
-    assert!(collect.status.success(), "{}", String::from_utf8_lossy(&collect.stderr));
+    assert!(
+        collect.status.success(),
+        "{}",
+        String::from_utf8_lossy(&collect.stderr)
+    );
     let db = common::db(&db_url).await;
-    let n: i64 = db.query_one("SELECT count(*) FROM otel_metrics", &[]).await.unwrap().get(0);
+    let n: i64 = db
+        .query_one("SELECT count(*) FROM otel_metrics", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 600);
     // The seed's schema name is a view of the configured table, so the seed's SQL works.
-    let n: i64 = db.query_one("SELECT count(*) FROM iot_metrics", &[]).await.unwrap().get(0);
+    let n: i64 = db
+        .query_one("SELECT count(*) FROM iot_metrics", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 600);
     db.batch_execute(SEED_ANOMALY_SQL).await.unwrap();
     // The resource processor's ${HOSTNAME} upsert.
     let host: String = db
-        .query_one("SELECT attributes->>'pipeline.processed_at' FROM otel_metrics LIMIT 1", &[])
+        .query_one(
+            "SELECT attributes->>'pipeline.processed_at' FROM otel_metrics LIMIT 1",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
@@ -256,18 +360,33 @@ async fn drifted_stream_settings_are_reported_and_updated() {
             cmd.arg("--config").arg(c);
         }
         let out = cmd.output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).to_string()
     };
     assert!(run(None).contains("stream TELEMETRY: created"));
     let updated = run(Some(&seed_001));
     assert!(updated.contains("max_age: 2d -> 7d"), "{updated}");
-    assert!(updated.contains("max_bytes: 50000000000 -> 1000000000"), "{updated}");
+    assert!(
+        updated.contains("max_bytes: 50000000000 -> 1000000000"),
+        "{updated}"
+    );
     assert!(updated.contains("duplicate_window: 2m -> 5s"), "{updated}");
     assert!(run(Some(&seed_001)).contains("nothing changed"));
     let client = async_nats::connect(nats.server.url()).await.unwrap();
     let js = async_nats::jetstream::new(client);
-    let info = js.get_stream("TELEMETRY").await.unwrap().info().await.unwrap().config.clone();
+    let info = js
+        .get_stream("TELEMETRY")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .clone();
     assert_eq!(info.max_age, Duration::from_secs(7 * 86_400));
     assert_eq!(info.duplicate_window, Duration::from_secs(5));
 }
@@ -276,7 +395,9 @@ async fn drifted_stream_settings_are_reported_and_updated() {
 fn a_malformed_config_names_its_error() {
     let dir = common::temp_dir();
     let path = dir.path().join("bad.yaml");
-    let seed = std::fs::read_to_string(common::workspace_root().join("examples/collector-config.yaml")).unwrap();
+    let seed =
+        std::fs::read_to_string(common::workspace_root().join("examples/collector-config.yaml"))
+            .unwrap();
     std::fs::write(&path, seed.replace("send_batch_size", "send_batch_sise")).unwrap();
     let out = Command::new(common::binary())
         .args(["collect", "--config"])

@@ -47,7 +47,10 @@ struct Stack {
 async fn start_stack(global: &Global, dir: &std::path::Path) -> anyhow::Result<Stack> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir.canonicalize()?;
-    eprintln!("starting a private nats-server and PostgreSQL under {}", dir.display());
+    eprintln!(
+        "starting a private nats-server and PostgreSQL under {}",
+        dir.display()
+    );
     let nats = NatsServer::start(NatsServerOptions {
         dir: dir.join("nats"),
         ..Default::default()
@@ -91,15 +94,30 @@ pub async fn run_dev(global: &Global, args: DevArgs) -> anyhow::Result<()> {
     println!("postgres: {}", stack.settings.store.url);
     println!();
     println!("  export JETSCALE_NATS_URL={}", stack.nats.url());
-    println!("  export JETSCALE_DATABASE_URL={}", stack.settings.store.url);
-    println!("  NATS_URL={} python3 examples/iot_device.py", stack.nats.url());
+    println!(
+        "  export JETSCALE_DATABASE_URL={}",
+        stack.settings.store.url
+    );
+    println!(
+        "  NATS_URL={} python3 examples/iot_device.py",
+        stack.nats.url()
+    );
     println!("  jetscale simulate --devices 1000 --interval 10s");
-    println!("  psql {} -c 'SELECT * FROM iot_metrics_hourly LIMIT 10'", stack.settings.store.url);
+    println!(
+        "  psql {} -c 'SELECT * FROM iot_metrics_hourly LIMIT 10'",
+        stack.settings.store.url
+    );
     println!();
     println!("collector running; Ctrl-C stops it and the servers");
     let counters = Arc::new(Counters::default());
     let reporter = tokio::spawn(report_progress(counters.clone(), Duration::from_secs(10)));
-    let result = pipeline::run(&stack.settings, &RunOptions::default(), counters, super::shutdown_signal()).await;
+    let result = pipeline::run(
+        &stack.settings,
+        &RunOptions::default(),
+        counters,
+        super::shutdown_signal(),
+    )
+    .await;
     reporter.abort();
     drop(stack);
     result?;
@@ -141,7 +159,9 @@ pub async fn run_demo(global: &Global, args: DemoArgs) -> anyhow::Result<()> {
     // Wait until everything acknowledged by the stream is committed.
     let expected_rows = published.points;
     let deadline = Instant::now() + Duration::from_secs(120);
-    while counters.rows.load(std::sync::atomic::Ordering::Relaxed) < expected_rows && Instant::now() < deadline {
+    while counters.rows.load(std::sync::atomic::Ordering::Relaxed) < expected_rows
+        && Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let collect_elapsed = started.elapsed();
@@ -158,15 +178,28 @@ pub async fn run_demo(global: &Global, args: DemoArgs) -> anyhow::Result<()> {
         .query_one(&format!("SELECT count(*) FROM {}", table.dead_letters), &[])
         .await?
         .get(0);
-    let anomalies = query::anomalies(&db, &settings.store.schema, "device.temperature", Duration::from_secs(3600), 35.0).await?;
+    let anomalies = query::anomalies(
+        &db,
+        &settings.store.schema,
+        "device.temperature",
+        Duration::from_secs(3600),
+        35.0,
+    )
+    .await?;
 
     println!();
     println!("jetscale demo summary");
     println!("  storage              {}", report.backend);
-    println!("  messages published   {} ({} acknowledged by JetStream)", published.published, published.acked);
+    println!(
+        "  messages published   {} ({} acknowledged by JetStream)",
+        published.published, published.acked
+    );
     println!("  rows stored          {stored} (expected {expected_rows})");
     println!("  dead letters         {dead}");
-    println!("  publish rate         {:.0} msg/s", published.acked as f64 / published.elapsed.as_secs_f64().max(0.001));
+    println!(
+        "  publish rate         {:.0} msg/s",
+        published.acked as f64 / published.elapsed.as_secs_f64().max(0.001)
+    );
     println!(
         "  end-to-end           {:.0} points/s ({} points in {:.1}s, publish to commit)",
         report.rows as f64 / collect_elapsed.as_secs_f64().max(0.001),
@@ -174,7 +207,11 @@ pub async fn run_demo(global: &Global, args: DemoArgs) -> anyhow::Result<()> {
         collect_elapsed.as_secs_f64()
     );
     if let (Some(p50), Some(p99)) = (report.latency_p50, report.latency_p99) {
-        println!("  latency p50 / p99    {:.0} ms / {:.0} ms", p50.as_secs_f64() * 1e3, p99.as_secs_f64() * 1e3);
+        println!(
+            "  latency p50 / p99    {:.0} ms / {:.0} ms",
+            p50.as_secs_f64() * 1e3,
+            p99.as_secs_f64() * 1e3
+        );
     }
     println!();
     println!("seed 000's anomaly query (devices above 35.0 avg temperature in the last hour):");

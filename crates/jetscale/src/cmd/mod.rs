@@ -33,7 +33,12 @@ pub struct Global {
     #[arg(long, global = true, env = "JETSCALE_NATS_URL", hide_env_values = true)]
     pub nats_url: Option<String>,
     /// PostgreSQL connection string (overrides exporters.postgresql.endpoint).
-    #[arg(long, global = true, env = "JETSCALE_DATABASE_URL", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "JETSCALE_DATABASE_URL",
+        hide_env_values = true
+    )]
     pub database_url: Option<String>,
     /// Stream replicas for setup: 1 on a single server, 3 on a cluster.
     #[arg(long, global = true)]
@@ -87,20 +92,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 pub fn shutdown_signal() -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                let _ = tokio::signal::ctrl_c().await;
-                let _ = tx.send(true);
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                    let _ = tokio::signal::ctrl_c().await;
+                    let _ = tx.send(true);
+                    return;
+                }
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
-        tracing::info!("stopping: finishing the batches in flight (nothing unacknowledged is lost)");
+        tracing::info!(
+            "stopping: finishing the batches in flight (nothing unacknowledged is lost)"
+        );
         let _ = tx.send(true);
     });
     rx

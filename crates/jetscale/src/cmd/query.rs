@@ -26,7 +26,14 @@ pub async fn run(global: &Global, command: QueryCommand) -> anyhow::Result<()> {
     let client = store::connect(&settings.store).await?;
     match command {
         QueryCommand::Anomalies(a) => {
-            let rows = query::anomalies(&client, &settings.store.schema, &a.metric, a.window, a.threshold).await?;
+            let rows = query::anomalies(
+                &client,
+                &settings.store.schema,
+                &a.metric,
+                a.window,
+                a.threshold,
+            )
+            .await?;
             print!("{}", anomaly_table(&rows));
         }
     }
@@ -36,7 +43,13 @@ pub async fn run(global: &Global, command: QueryCommand) -> anyhow::Result<()> {
 pub fn anomaly_table(rows: &[query::Anomaly]) -> String {
     let cells: Vec<Vec<String>> = rows
         .iter()
-        .map(|r| vec![r.device_id.clone(), r.location.clone(), format!("{:.2}", r.avg_value)])
+        .map(|r| {
+            vec![
+                r.device_id.clone(),
+                r.location.clone(),
+                format!("{:.2}", r.avg_value),
+            ]
+        })
         .collect();
     query::render_table(&["device_id", "location", "avg_temp"], &cells)
 }

@@ -27,28 +27,46 @@ pub async fn run(global: &Global, args: Args) -> anyhow::Result<()> {
 fn describe(what: &str, outcome: &Provisioned) -> String {
     match outcome {
         Provisioned::Created => format!("{what}: created"),
-        Provisioned::Unchanged => format!("{what}: exists with the configured settings; nothing changed"),
+        Provisioned::Unchanged => {
+            format!("{what}: exists with the configured settings; nothing changed")
+        }
         Provisioned::Updated(d) => format!(
             "{what}: updated: {}",
-            d.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+            d.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
         ),
         Provisioned::Drifted(d) => format!(
             "{what}: differs and was NOT changed: {}",
-            d.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+            d.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
         ),
     }
 }
 
 /// Provisions both sides; returns one line per thing looked at.
-pub async fn provision(settings: &Settings, nats: bool, database: bool) -> anyhow::Result<Vec<String>> {
+pub async fn provision(
+    settings: &Settings,
+    nats: bool,
+    database: bool,
+) -> anyhow::Result<Vec<String>> {
     let mut lines = Vec::new();
     if nats {
         let client = stream::connect(&settings.nats, "jetscale-setup").await?;
         let js = async_nats::jetstream::new(client);
         let (outcome, js_stream) = stream::ensure_stream(&js, &settings.stream).await?;
-        lines.push(describe(&format!("stream {}", settings.stream.name), &outcome));
+        lines.push(describe(
+            &format!("stream {}", settings.stream.name),
+            &outcome,
+        ));
         let (outcome, _) = stream::ensure_consumer(&js_stream, &settings.consumer).await?;
-        lines.push(describe(&format!("consumer {}", settings.consumer.name), &outcome));
+        lines.push(describe(
+            &format!("consumer {}", settings.consumer.name),
+            &outcome,
+        ));
     }
     if database {
         let mut client = store::connect(&settings.store).await?;
@@ -56,13 +74,23 @@ pub async fn provision(settings: &Settings, nats: bool, database: bool) -> anyho
         let backend = report.backend.clone().unwrap_or(schema::Backend::Native);
         let names = schema::Names::new(&settings.store);
         if backend.native_partitions() {
-            maintenance::partitions_ahead(&client, &names, &settings.store, settings.limits.max_future).await?;
+            maintenance::partitions_ahead(
+                &client,
+                &names,
+                &settings.store,
+                settings.limits.max_future,
+            )
+            .await?;
         }
         lines.push(format!(
             "schema {} on {}: {}",
             names.metrics,
             backend,
-            if report.already_current { "up to date; nothing changed" } else { "created or migrated" }
+            if report.already_current {
+                "up to date; nothing changed"
+            } else {
+                "created or migrated"
+            }
         ));
         lines.extend(report.notes);
     }

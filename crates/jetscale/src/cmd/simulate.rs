@@ -73,7 +73,10 @@ pub async fn run(global: &Global, args: Args) -> anyhow::Result<()> {
         report.acked as f64 / report.elapsed.as_secs_f64().max(0.001)
     );
     if report.errors > 0 {
-        anyhow::bail!("{} messages were not acknowledged by the stream", report.errors);
+        anyhow::bail!(
+            "{} messages were not acknowledged by the stream",
+            report.errors
+        );
     }
     Ok(())
 }

@@ -49,11 +49,7 @@ pub fn expand(value: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<St
                 None => (inner, None),
             };
             let name = name.strip_prefix("env:").unwrap_or(name);
-            if name.is_empty()
-                || !name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-            {
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
                 return Err(ExpandError::Malformed(value.to_owned()));
             }
             match (lookup(name), default) {
@@ -97,9 +93,18 @@ mod tests {
 
     #[test]
     fn unset_and_malformed_are_errors() {
-        assert_eq!(expand("${NOPE}", &env), Err(ExpandError::Missing("NOPE".into())));
-        assert!(matches!(expand("${OPEN", &env), Err(ExpandError::Malformed(_))));
-        assert!(matches!(expand("${a b}", &env), Err(ExpandError::Malformed(_))));
+        assert_eq!(
+            expand("${NOPE}", &env),
+            Err(ExpandError::Missing("NOPE".into()))
+        );
+        assert!(matches!(
+            expand("${OPEN", &env),
+            Err(ExpandError::Malformed(_))
+        ));
+        assert!(matches!(
+            expand("${a b}", &env),
+            Err(ExpandError::Malformed(_))
+        ));
     }
 
     #[test]

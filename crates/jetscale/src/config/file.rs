@@ -26,7 +26,9 @@ impl<'de> Deserialize<'de> for DurationValue {
             Raw::Text(text) => units::parse_duration(&text)
                 .map(DurationValue)
                 .map_err(serde::de::Error::custom),
-            Raw::Seconds(s) if s.is_finite() && s >= 0.0 => Ok(DurationValue(Duration::from_secs_f64(s))),
+            Raw::Seconds(s) if s.is_finite() && s >= 0.0 => {
+                Ok(DurationValue(Duration::from_secs_f64(s)))
+            }
             Raw::Seconds(s) => Err(serde::de::Error::custom(format!("{s} is not a duration"))),
         }
     }

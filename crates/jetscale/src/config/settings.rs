@@ -220,13 +220,30 @@ pub fn resolve(file: &ConfigFile, overrides: &Overrides) -> Result<Settings, Con
             .subjects
             .clone()
             .unwrap_or_else(|| vec![jetscale_model::subject::ALL.to_owned()]),
-        retention: one_of("stream retention", ss.retention.as_deref(), "limits", &["limits", "interest", "workqueue"])?,
+        retention: one_of(
+            "stream retention",
+            ss.retention.as_deref(),
+            "limits",
+            &["limits", "interest", "workqueue"],
+        )?,
         max_age: ss.max_age.map_or(Duration::from_secs(48 * 3600), |d| d.0),
         max_bytes: ss.max_bytes.map_or(50_000_000_000, |b| b.0),
-        storage: one_of("stream storage", ss.storage.as_deref(), "file", &["file", "memory"])?,
+        storage: one_of(
+            "stream storage",
+            ss.storage.as_deref(),
+            "file",
+            &["file", "memory"],
+        )?,
         replicas: overrides.replicas.or(ss.replicas).unwrap_or(1),
-        discard: one_of("stream discard", ss.discard.as_deref(), "old", &["old", "new"])?,
-        duplicate_window: ss.duplicate_window.map_or(Duration::from_secs(120), |d| d.0),
+        discard: one_of(
+            "stream discard",
+            ss.discard.as_deref(),
+            "old",
+            &["old", "new"],
+        )?,
+        duplicate_window: ss
+            .duplicate_window
+            .map_or(Duration::from_secs(120), |d| d.0),
     };
     if !(1..=5).contains(&stream.replicas) {
         return Err(ConfigError::Resolve(format!(
@@ -259,7 +276,7 @@ pub fn resolve(file: &ConfigFile, overrides: &Overrides) -> Result<Settings, Con
             .unwrap_or_else(|| jetscale_model::subject::ALL.to_owned()),
         ack_wait: js.ack_wait.map_or(Duration::from_secs(60), |d| d.0),
         max_ack_pending: js.max_ack_pending.unwrap_or(50_000),
-        max_deliver: js.max_deliver.unwrap_or(20),
+        max_deliver: js.max_deliver.unwrap_or(-1),
         fetch_batch: js.fetch_batch.unwrap_or(1000).clamp(1, 10_000),
     };
     if consumer.ack_wait <= batch.timeout {
@@ -336,10 +353,16 @@ pub fn resolve(file: &ConfigFile, overrides: &Overrides) -> Result<Settings, Con
     };
     validate_identifier("exporters.postgresql.schema", &store.schema)?;
     validate_identifier("exporters.postgresql.table_name", &store.metrics_table)?;
-    validate_identifier("exporters.postgresql.dead_letter_table", &store.dead_letter_table)?;
-    if store.chunk_interval < Duration::from_secs(60) || store.chunk_interval.as_secs() % 60 != 0 {
+    validate_identifier(
+        "exporters.postgresql.dead_letter_table",
+        &store.dead_letter_table,
+    )?;
+    if store.chunk_interval < Duration::from_secs(60)
+        || !store.chunk_interval.as_secs().is_multiple_of(60)
+    {
         return Err(ConfigError::Resolve(
-            "exporters.postgresql.chunk_interval must be a whole number of minutes, at least 1m".into(),
+            "exporters.postgresql.chunk_interval must be a whole number of minutes, at least 1m"
+                .into(),
         ));
     }
 
@@ -353,16 +376,22 @@ pub fn resolve(file: &ConfigFile, overrides: &Overrides) -> Result<Settings, Con
     let l = &file.limits;
     let d = Limits::default();
     let limits = Limits {
-        max_message_bytes: l.max_message_bytes.map_or(d.max_message_bytes, |b| b.0.max(0) as usize),
+        max_message_bytes: l
+            .max_message_bytes
+            .map_or(d.max_message_bytes, |b| b.0.max(0) as usize),
         max_points_per_message: l.max_points_per_message.unwrap_or(d.max_points_per_message),
         max_attributes: l.max_attributes.unwrap_or(d.max_attributes),
-        max_attribute_key_bytes: l.max_attribute_key_bytes.unwrap_or(d.max_attribute_key_bytes),
+        max_attribute_key_bytes: l
+            .max_attribute_key_bytes
+            .unwrap_or(d.max_attribute_key_bytes),
         max_attribute_value_bytes: l
             .max_attribute_value_bytes
             .unwrap_or(d.max_attribute_value_bytes),
         max_value_depth: l.max_value_depth.unwrap_or(d.max_value_depth),
         // Data older than the raw retention would be dropped at once: refuse it up front.
-        max_past: l.max_past.map_or(store.retention, |v| v.0.min(store.retention)),
+        max_past: l
+            .max_past
+            .map_or(store.retention, |v| v.0.min(store.retention)),
         max_future: l.max_future.map_or(d.max_future, |v| v.0),
         verify_device_subject: l.verify_device_subject.unwrap_or(d.verify_device_subject),
     };
@@ -380,7 +409,12 @@ pub fn resolve(file: &ConfigFile, overrides: &Overrides) -> Result<Settings, Con
     })
 }
 
-fn one_of(what: &str, value: Option<&str>, default: &str, allowed: &[&str]) -> Result<String, ConfigError> {
+fn one_of(
+    what: &str,
+    value: Option<&str>,
+    default: &str,
+    allowed: &[&str],
+) -> Result<String, ConfigError> {
     let value = value.unwrap_or(default).to_ascii_lowercase();
     if allowed.contains(&value.as_str()) {
         Ok(value)
@@ -539,12 +573,21 @@ mod tests {
     fn bad_values_are_named() {
         let text = SEED_CONFIG.replace("timeout: 5s", "timeout: 5 parsecs");
         let err = ConfigFile::parse(&text, Path::new("c.yaml"), &env).unwrap_err();
-        assert!(err.to_string().contains("processors.batch.timeout"), "{err}");
-        let text = SEED_CONFIG.replace("table_name: otel_metrics", "table_name: \"x; drop table y\"");
+        assert!(
+            err.to_string().contains("processors.batch.timeout"),
+            "{err}"
+        );
+        let text = SEED_CONFIG.replace(
+            "table_name: otel_metrics",
+            "table_name: \"x; drop table y\"",
+        );
         let file = ConfigFile::parse(&text, Path::new("c.yaml"), &env).unwrap();
         let err = resolve(&file, &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("table_name"), "{err}");
-        let text = SEED_CONFIG.replace("processors: [resource, batch]", "processors: [resource, batch, memory_limiter]");
+        let text = SEED_CONFIG.replace(
+            "processors: [resource, batch]",
+            "processors: [resource, batch, memory_limiter]",
+        );
         let file = ConfigFile::parse(&text, Path::new("c.yaml"), &env).unwrap();
         let err = resolve(&file, &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("memory_limiter"), "{err}");

@@ -22,10 +22,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "d" | "day" | "days" => 86_400.0,
         "w" | "week" | "weeks" => 604_800.0,
         "y" | "year" | "years" => 31_536_000.0,
-        other => return Err(format!("`{text}`: unknown duration unit `{other}` (use ms, s, m, h, d, w, y)")),
+        other => {
+            return Err(format!(
+                "`{text}`: unknown duration unit `{other}` (use ms, s, m, h, d, w, y)"
+            ))
+        }
     };
     let total = number * seconds;
-    if !total.is_finite() || total < 0.0 || total > 1.0e12 {
+    if !total.is_finite() || !(0.0..=1.0e12).contains(&total) {
         return Err(format!("`{text}` is out of range"));
     }
     Ok(Duration::from_secs_f64(total))
@@ -52,10 +56,14 @@ pub fn parse_bytes(text: &str) -> Result<i64, String> {
         "MIB" => 1024.0 * 1024.0,
         "GIB" => 1024.0 * 1024.0 * 1024.0,
         "TIB" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
-        other => return Err(format!("`{text}`: unknown size unit `{other}` (use B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)")),
+        other => {
+            return Err(format!(
+                "`{text}`: unknown size unit `{other}` (use B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)"
+            ))
+        }
     };
     let total = number * factor;
-    if !total.is_finite() || total < 0.0 || total > 9.0e18 {
+    if !total.is_finite() || !(0.0..=9.0e18).contains(&total) {
         return Err(format!("`{text}` is out of range"));
     }
     Ok(total as i64)
@@ -68,7 +76,7 @@ pub fn format_duration(d: Duration) -> String {
         return format!("{}ms", d.as_millis());
     }
     for (unit, size) in [("d", 86_400), ("h", 3600), ("m", 60)] {
-        if secs % size == 0 {
+        if secs.is_multiple_of(size) {
             return format!("{}{unit}", secs / size);
         }
     }
@@ -81,8 +89,14 @@ mod tests {
 
     #[test]
     fn durations_of_both_seeds() {
-        assert_eq!(parse_duration("48h").unwrap(), Duration::from_secs(48 * 3600));
-        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86_400));
+        assert_eq!(
+            parse_duration("48h").unwrap(),
+            Duration::from_secs(48 * 3600)
+        );
+        assert_eq!(
+            parse_duration("7d").unwrap(),
+            Duration::from_secs(7 * 86_400)
+        );
         assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);

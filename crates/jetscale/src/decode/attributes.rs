@@ -56,7 +56,12 @@ impl AnyValue<'_> {
 }
 
 /// Appends `value` as JSON to `out`, enforcing the value limits.
-pub fn write_value(out: &mut String, value: &AnyValue<'_>, limits: &Limits, depth: usize) -> Result<(), Rejection> {
+pub fn write_value(
+    out: &mut String,
+    value: &AnyValue<'_>,
+    limits: &Limits,
+    depth: usize,
+) -> Result<(), Rejection> {
     if depth > limits.max_value_depth {
         return Err(Rejection::limit(format!(
             "max_value_depth: attribute value nested deeper than {}",
@@ -145,7 +150,11 @@ pub fn write_json_string(out: &mut String, s: &str) -> Result<(), Rejection> {
             b'\n' => Some("\\n"),
             b'\r' => Some("\\r"),
             b'\t' => Some("\\t"),
-            0 => return Err(Rejection::malformed("a string holds a NUL character, which PostgreSQL can not store")),
+            0 => {
+                return Err(Rejection::malformed(
+                    "a string holds a NUL character, which PostgreSQL can not store",
+                ))
+            }
             0x01..=0x1f => None,
             _ => continue,
         };
@@ -168,7 +177,9 @@ pub fn write_json_string(out: &mut String, s: &str) -> Result<(), Rejection> {
 /// Rejects text PostgreSQL can not hold (NUL bytes) in a plain text column.
 pub fn check_text(what: &str, s: &str) -> Result<(), Rejection> {
     if s.as_bytes().contains(&0) {
-        return Err(Rejection::malformed(format!("{what} holds a NUL character, which PostgreSQL can not store")));
+        return Err(Rejection::malformed(format!(
+            "{what} holds a NUL character, which PostgreSQL can not store"
+        )));
     }
     Ok(())
 }
@@ -215,7 +226,7 @@ mod tests {
     #[test]
     fn limits_are_enforced_while_rendering() {
         let limits = Limits {
-            max_value_depth: 2,
+            max_value_depth: 1,
             max_attribute_value_bytes: 4,
             ..Limits::default()
         };
@@ -226,7 +237,10 @@ mod tests {
         let err = write_value(&mut String::new(), &deep, &limits, 0).unwrap_err();
         assert!(err.detail.contains("max_value_depth"));
         let long: AnyValue = serde_json::from_str(r#"{"stringValue": "12345"}"#).unwrap();
-        assert!(write_value(&mut String::new(), &long, &limits, 0).unwrap_err().detail.contains("max_attribute_value_bytes"));
+        assert!(write_value(&mut String::new(), &long, &limits, 0)
+            .unwrap_err()
+            .detail
+            .contains("max_attribute_value_bytes"));
         let nul: AnyValue = serde_json::from_str(r#"{"stringValue": "a\u0000b"}"#).unwrap();
         assert!(write_value(&mut String::new(), &nul, &Limits::default(), 0).is_err());
     }

@@ -95,15 +95,25 @@ mod tests {
     #[test]
     fn content_decides_when_headers_are_silent() {
         let otlp = br#"{"resourceMetrics": []}"#;
-        assert_eq!(detect(&incoming(otlp, None), Encoding::Auto).unwrap(), Format::OtlpJsonMetrics);
+        assert_eq!(
+            detect(&incoming(otlp, None), Encoding::Auto).unwrap(),
+            Format::OtlpJsonMetrics
+        );
         let flat = br#"{"name": "step.duration_ms", "type": "histogram", "value": 1.0}"#;
-        assert_eq!(detect(&incoming(flat, None), Encoding::Auto).unwrap(), Format::FlatMetric);
+        assert_eq!(
+            detect(&incoming(flat, None), Encoding::Auto).unwrap(),
+            Format::FlatMetric
+        );
     }
 
     #[test]
     fn garbage_is_rejected_not_guessed() {
         assert!(detect(&incoming(b"hello", None), Encoding::Auto).is_err());
         assert!(detect(&incoming(br#"{"foo": 1}"#, None), Encoding::Auto).is_err());
-        assert!(detect(&incoming(b"hello", Some("application/json")), Encoding::Auto).is_err());
+        assert!(detect(
+            &incoming(b"hello", Some("application/json")),
+            Encoding::Auto
+        )
+        .is_err());
     }
 }

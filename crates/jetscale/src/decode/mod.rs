@@ -84,7 +84,11 @@ pub struct DecodeContext<'a> {
 
 impl<'a> DecodeContext<'a> {
     /// A context whose time window is taken from the limits and the current time.
-    pub fn now(limits: &'a Limits, resource_actions: &'a [AttributeAction], encoding: Encoding) -> Self {
+    pub fn now(
+        limits: &'a Limits,
+        resource_actions: &'a [AttributeAction],
+        encoding: Encoding,
+    ) -> Self {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as i64);
@@ -100,7 +104,9 @@ impl<'a> DecodeContext<'a> {
     /// Checks a point's time against the window.
     pub fn check_time(&self, time_ns: i64) -> Result<(), Rejection> {
         if time_ns <= 0 {
-            return Err(Rejection::malformed("data point has timeUnixNano 0 or missing"));
+            return Err(Rejection::malformed(
+                "data point has timeUnixNano 0 or missing",
+            ));
         }
         if time_ns < self.min_time_ns {
             return Err(Rejection::limit(format!(
@@ -131,7 +137,11 @@ pub struct Incoming<'a> {
 
 /// Decodes one message into the sink. On error the sink may hold part of the message:
 /// the caller rolls it back.
-pub fn decode(msg: &Incoming<'_>, ctx: &DecodeContext<'_>, sink: &mut dyn RecordSink) -> Result<(), Rejection> {
+pub fn decode(
+    msg: &Incoming<'_>,
+    ctx: &DecodeContext<'_>,
+    sink: &mut dyn RecordSink,
+) -> Result<(), Rejection> {
     if msg.payload.len() > ctx.limits.max_message_bytes {
         return Err(Rejection::limit(format!(
             "max_message_bytes: message is {} bytes, the limit is {}",

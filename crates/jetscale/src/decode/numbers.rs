@@ -104,8 +104,12 @@ mod tests {
 
     #[test]
     fn integers_as_strings_or_numbers() {
-        let v: Vec<LenientI64> = serde_json::from_str(r#"["-42", 42, "9223372036854775807", 1e3]"#).unwrap();
-        assert_eq!(v.iter().map(|x| x.0).collect::<Vec<_>>(), vec![-42, 42, i64::MAX, 1000]);
+        let v: Vec<LenientI64> =
+            serde_json::from_str(r#"["-42", 42, "9223372036854775807", 1e3]"#).unwrap();
+        assert_eq!(
+            v.iter().map(|x| x.0).collect::<Vec<_>>(),
+            vec![-42, 42, i64::MAX, 1000]
+        );
         let t: LenientU64 = serde_json::from_str(r#""1705314601234000000""#).unwrap();
         assert_eq!(t.0, 1_705_314_601_234_000_000);
         assert!(serde_json::from_str::<LenientI64>(r#""12abc""#).is_err());
@@ -127,7 +131,8 @@ mod tests {
             let back: LenientF64 = serde_json::from_str(&text).unwrap();
             assert_eq!(back.0.to_bits(), x.to_bits(), "{text}");
         }
-        let specials: Vec<LenientF64> = serde_json::from_str(r#"["NaN", "Infinity", "-Infinity", "2.5"]"#).unwrap();
+        let specials: Vec<LenientF64> =
+            serde_json::from_str(r#"["NaN", "Infinity", "-Infinity", "2.5"]"#).unwrap();
         assert!(specials[0].0.is_nan());
         assert_eq!(specials[1].0, f64::INFINITY);
         assert_eq!(specials[2].0, f64::NEG_INFINITY);

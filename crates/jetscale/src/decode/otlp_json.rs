@@ -14,7 +14,12 @@ use std::borrow::Cow;
 
 #[derive(Deserialize)]
 struct ExportMetrics<'a> {
-    #[serde(borrow, default, rename = "resourceMetrics", alias = "resource_metrics")]
+    #[serde(
+        borrow,
+        default,
+        rename = "resourceMetrics",
+        alias = "resource_metrics"
+    )]
     resource_metrics: Vec<ResourceMetrics<'a>>,
 }
 
@@ -62,7 +67,11 @@ struct Metric<'a> {
     sum: Option<Sum<'a>>,
     #[serde(default)]
     histogram: Option<IgnoredAny>,
-    #[serde(default, rename = "exponentialHistogram", alias = "exponential_histogram")]
+    #[serde(
+        default,
+        rename = "exponentialHistogram",
+        alias = "exponential_histogram"
+    )]
     exponential_histogram: Option<IgnoredAny>,
     #[serde(default)]
     summary: Option<IgnoredAny>,
@@ -78,7 +87,11 @@ struct Gauge<'a> {
 struct Sum<'a> {
     #[serde(borrow, default, rename = "dataPoints", alias = "data_points")]
     data_points: Vec<NumberDataPoint<'a>>,
-    #[serde(default, rename = "aggregationTemporality", alias = "aggregation_temporality")]
+    #[serde(
+        default,
+        rename = "aggregationTemporality",
+        alias = "aggregation_temporality"
+    )]
     aggregation_temporality: Temporality,
     #[serde(default, rename = "isMonotonic", alias = "is_monotonic")]
     is_monotonic: bool,
@@ -143,18 +156,19 @@ pub(crate) fn resolve_resource<'a>(
     ctx: &DecodeContext<'_>,
 ) -> Result<ResolvedResource<'a>, Rejection> {
     let limits = ctx.limits;
-    let mut rendered: Vec<(Cow<'a, str>, String)> = Vec::with_capacity(attributes.len() + ctx.resource_actions.len());
+    let mut rendered: Vec<(Cow<'a, str>, String)> =
+        Vec::with_capacity(attributes.len() + ctx.resource_actions.len());
     let mut device_id = None;
     let mut service_name = None;
     let mut location = None;
     for kv in attributes {
         let value = &kv.value;
         match kv.key.as_ref() {
-            "device.id" => device_id = value.as_str().map(|s| Cow::Borrowed(s)),
-            "device.location" => location = value.as_str().map(|s| Cow::Borrowed(s)),
+            "device.id" => device_id = value.as_str().map(Cow::Borrowed),
+            "device.location" => location = value.as_str().map(Cow::Borrowed),
             _ => {
                 if kv.key == "service.name" {
-                    service_name = value.as_str().map(|s| Cow::Borrowed(s));
+                    service_name = value.as_str().map(Cow::Borrowed);
                 }
                 let mut text = String::new();
                 write_value(&mut text, value, limits, 0)?;
@@ -223,7 +237,11 @@ pub(crate) fn too_many(n: usize, limits: &Limits) -> Rejection {
 }
 
 /// Renders a list of attributes as a `"k":v,…` fragment, appending to `out`.
-pub(crate) fn write_fragment(out: &mut String, attributes: &[KeyValue<'_>], limits: &Limits) -> Result<(), Rejection> {
+pub(crate) fn write_fragment(
+    out: &mut String,
+    attributes: &[KeyValue<'_>],
+    limits: &Limits,
+) -> Result<(), Rejection> {
     for kv in attributes {
         if !out.is_empty() {
             out.push(',');
@@ -253,7 +271,11 @@ pub(crate) fn scope_fragment(scope: &Scope<'_>, limits: &Limits) -> Result<Strin
 }
 
 /// Decodes an `ExportMetricsServiceRequest` in OTLP/JSON into metric rows.
-pub fn decode_metrics(msg: &Incoming<'_>, ctx: &DecodeContext<'_>, sink: &mut dyn RecordSink) -> Result<(), Rejection> {
+pub fn decode_metrics(
+    msg: &Incoming<'_>,
+    ctx: &DecodeContext<'_>,
+    sink: &mut dyn RecordSink,
+) -> Result<(), Rejection> {
     let request: ExportMetrics = serde_json::from_slice(msg.payload)
         .map_err(|e| Rejection::malformed(format!("OTLP/JSON metrics: {e}")))?;
     let limits = ctx.limits;
@@ -274,7 +296,9 @@ pub fn decode_metrics(msg: &Incoming<'_>, ctx: &DecodeContext<'_>, sink: &mut dy
         )));
     }
     if total == 0 {
-        return Err(Rejection::malformed("OTLP/JSON metrics request holds no gauge or sum data point"));
+        return Err(Rejection::malformed(
+            "OTLP/JSON metrics request holds no gauge or sum data point",
+        ));
     }
     let mut attributes = String::new();
     for rm in &request.resource_metrics {
@@ -283,7 +307,11 @@ pub fn decode_metrics(msg: &Incoming<'_>, ctx: &DecodeContext<'_>, sink: &mut dy
             .device_id
             .as_deref()
             .or(resource.service_name.as_deref())
-            .ok_or_else(|| Rejection::malformed("resource has neither a device.id nor a service.name attribute"))?;
+            .ok_or_else(|| {
+                Rejection::malformed(
+                    "resource has neither a device.id nor a service.name attribute",
+                )
+            })?;
         check_text("device.id", source)?;
         let location = resource.location.as_deref().unwrap_or("");
         check_text("device.location", location)?;
@@ -308,7 +336,10 @@ pub fn decode_metrics(msg: &Incoming<'_>, ctx: &DecodeContext<'_>, sink: &mut dy
                 if metric.name.is_empty() {
                     return Err(Rejection::malformed("a metric has no name"));
                 }
-                if metric.histogram.is_some() || metric.exponential_histogram.is_some() || metric.summary.is_some() {
+                if metric.histogram.is_some()
+                    || metric.exponential_histogram.is_some()
+                    || metric.summary.is_some()
+                {
                     return Err(Rejection::new(
                         RejectionKind::UnknownFormat,
                         format!("metric `{}`: histogram and summary points are not stored by this collector", metric.name),
@@ -340,7 +371,9 @@ pub fn decode_metrics(msg: &Incoming<'_>, ctx: &DecodeContext<'_>, sink: &mut dy
                             )))
                         }
                     };
-                    if resource.count + sm.scope.attributes.len() + point.attributes.len() > limits.max_attributes {
+                    if resource.count + sm.scope.attributes.len() + point.attributes.len()
+                        > limits.max_attributes
+                    {
                         return Err(too_many(
                             resource.count + sm.scope.attributes.len() + point.attributes.len(),
                             limits,
@@ -391,8 +424,10 @@ pub(crate) mod tests {
     use super::*;
     use crate::config::{AttributeAction, Encoding};
 
-    #[derive(Default)]
-    pub(crate) struct Collect(pub Vec<(i64, String, String, String, String, f64, serde_json::Value)>);
+    #[derive(Debug, Default)]
+    pub(crate) struct Collect(
+        pub Vec<(i64, String, String, String, String, f64, serde_json::Value)>,
+    );
 
     impl RecordSink for Collect {
         fn metric(&mut self, p: &MetricPoint<'_>) -> Result<(), Rejection> {
@@ -409,7 +444,11 @@ pub(crate) mod tests {
         }
     }
 
-    fn run(payload: &str, actions: &[AttributeAction], limits: &Limits) -> Result<Collect, Rejection> {
+    fn run(
+        payload: &str,
+        actions: &[AttributeAction],
+        limits: &Limits,
+    ) -> Result<Collect, Rejection> {
         let ctx = DecodeContext {
             limits,
             resource_actions: actions,
@@ -483,21 +522,36 @@ pub(crate) mod tests {
     #[test]
     fn broken_payloads_are_rejected_with_a_reason() {
         let zero = SEED_PAYLOAD.replace("\"1705314601234567890\"", "\"0\"");
-        assert!(run(&zero, &[], &Limits::default()).unwrap_err().detail.contains("timeUnixNano"));
+        assert!(run(&zero, &[], &Limits::default())
+            .unwrap_err()
+            .detail
+            .contains("timeUnixNano"));
         let truncated = &SEED_PAYLOAD[..SEED_PAYLOAD.len() / 2];
-        assert_eq!(run(truncated, &[], &Limits::default()).unwrap_err().kind, RejectionKind::Malformed);
+        assert_eq!(
+            run(truncated, &[], &Limits::default()).unwrap_err().kind,
+            RejectionKind::Malformed
+        );
         let wrong_type = SEED_PAYLOAD.replace("36.6", "\"hot\"");
         assert!(run(&wrong_type, &[], &Limits::default()).is_err());
         let no_value = SEED_PAYLOAD.replace(", \"asDouble\": 36.6", "");
-        assert!(run(&no_value, &[], &Limits::default()).unwrap_err().detail.contains("neither asDouble nor asInt"));
+        assert!(run(&no_value, &[], &Limits::default())
+            .unwrap_err()
+            .detail
+            .contains("neither asDouble nor asInt"));
         let no_source = SEED_PAYLOAD
             .replace(r#"{"key": "service.name", "value": {"stringValue": "iot-sensor"}}, {"key": "device.id", "value": {"stringValue": "sensor-001"}}, "#, "");
-        assert!(run(&no_source, &[], &Limits::default()).unwrap_err().detail.contains("device.id"));
+        assert!(run(&no_source, &[], &Limits::default())
+            .unwrap_err()
+            .detail
+            .contains("device.id"));
         let limits = Limits {
             max_points_per_message: 2,
             ..Limits::default()
         };
-        assert!(run(SEED_PAYLOAD, &[], &limits).unwrap_err().detail.contains("max_points_per_message"));
+        assert!(run(SEED_PAYLOAD, &[], &limits)
+            .unwrap_err()
+            .detail
+            .contains("max_points_per_message"));
     }
 
     #[test]
@@ -508,6 +562,9 @@ pub(crate) mod tests {
         };
         assert!(run(SEED_PAYLOAD, &[], &limits).is_ok());
         let other = SEED_PAYLOAD.replace("sensor-001", "sensor-999");
-        assert_eq!(run(&other, &[], &limits).unwrap_err().kind, RejectionKind::Identity);
+        assert_eq!(
+            run(&other, &[], &limits).unwrap_err().kind,
+            RejectionKind::Identity
+        );
     }
 }

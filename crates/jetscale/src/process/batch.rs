@@ -94,8 +94,17 @@ impl Batch {
     /// Adds a delivery. A message already in the batch (a redelivery) only adds its reply
     /// subject; a message that fails to decode becomes a dead letter, its partial rows
     /// rolled back.
-    pub fn add(&mut self, msg: &Incoming<'_>, meta: Delivery<'_>, ctx: &DecodeContext<'_>) -> Result<(), Rejection> {
-        if let Some(existing) = self.by_seq.get(&meta.stream_seq).and_then(|&i| self.messages.get_mut(i)) {
+    pub fn add(
+        &mut self,
+        msg: &Incoming<'_>,
+        meta: Delivery<'_>,
+        ctx: &DecodeContext<'_>,
+    ) -> Result<(), Rejection> {
+        if let Some(existing) = self
+            .by_seq
+            .get(&meta.stream_seq)
+            .and_then(|&i| self.messages.get_mut(i))
+        {
             existing.replies.push(meta.reply);
             return Ok(());
         }
@@ -103,7 +112,10 @@ impl Batch {
         let start = self.metrics.len();
         let rows_before = self.metric_rows;
         let chunks_before = (self.last_chunk, self.last_hour);
-        let mut sink = BatchSink { batch: self, rows: 0 };
+        let mut sink = BatchSink {
+            batch: self,
+            rows: 0,
+        };
         let outcome = decode::decode(msg, ctx, &mut sink);
         let rows = sink.rows;
         match &outcome {
@@ -155,14 +167,19 @@ impl Batch {
     pub fn select(&self, keep: &[usize]) -> Batch {
         let mut out = Batch::new(self.chunk_us, 0);
         for &i in keep {
-            let Some(m) = self.messages.get(i) else { continue };
+            let Some(m) = self.messages.get(i) else {
+                continue;
+            };
             let start = out.metrics.len();
             out.metrics.extend_from_slice(&self.metrics[m.rows.clone()]);
             out.metric_rows += m.row_count as usize;
-            let dead_letter = m.dead_letter.and_then(|d| self.dead_letters.get(d)).map(|d| {
-                out.dead_letters.push(d.clone());
-                out.dead_letters.len() - 1
-            });
+            let dead_letter = m
+                .dead_letter
+                .and_then(|d| self.dead_letters.get(d))
+                .map(|d| {
+                    out.dead_letters.push(d.clone());
+                    out.dead_letters.len() - 1
+                });
             out.by_seq.insert(m.stream_seq, out.messages.len());
             out.messages.push(MessageEntry {
                 rows: start..out.metrics.len(),

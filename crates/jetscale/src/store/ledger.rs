@@ -107,7 +107,11 @@ fn fmt_time(t: SystemTime) -> String {
 }
 
 /// The highest stream sequence committed for the stream (0 when none).
-pub async fn committed_high(client: &impl GenericClient, names: &Names, key: StreamKey) -> Result<u64, StoreError> {
+pub async fn committed_high(
+    client: &impl GenericClient,
+    names: &Names,
+    key: StreamKey,
+) -> Result<u64, StoreError> {
     let row = client
         .query_one(
             &format!(
@@ -156,13 +160,23 @@ pub async fn committed_within(
         .await?;
     Ok(rows
         .iter()
-        .map(|r| (r.get::<_, i64>(0).max(0) as u64, r.get::<_, i64>(1).max(0) as u64))
+        .map(|r| {
+            (
+                r.get::<_, i64>(0).max(0) as u64,
+                r.get::<_, i64>(1).max(0) as u64,
+            )
+        })
         .collect())
 }
 
 /// Records sequences as committed. Fails with an exclusion violation when another
 /// transaction committed any of them first.
-pub async fn record(client: &impl GenericClient, names: &Names, key: StreamKey, sorted: &[u64]) -> Result<(), StoreError> {
+pub async fn record(
+    client: &impl GenericClient,
+    names: &Names,
+    key: StreamKey,
+    sorted: &[u64],
+) -> Result<(), StoreError> {
     let (lower, upper) = ranges(sorted);
     client
         .execute(
@@ -179,7 +193,13 @@ pub async fn record(client: &impl GenericClient, names: &Names, key: StreamKey, 
 /// Records this consumer's acknowledgement floor and collapses every range below the lowest
 /// floor of all consumers of the stream into one: those messages can not be redelivered, and
 /// the collapsed range still deduplicates a replay. Returns the ranges left.
-pub async fn prune(client: &mut Client, names: &Names, key: StreamKey, consumer: &str, ack_floor: u64) -> Result<i64, StoreError> {
+pub async fn prune(
+    client: &mut Client,
+    names: &Names,
+    key: StreamKey,
+    consumer: &str,
+    ack_floor: u64,
+) -> Result<i64, StoreError> {
     let ledger = names.own("jetscale_ledger");
     let consumers = names.own("jetscale_consumers");
     let tx = client.transaction().await?;
@@ -190,12 +210,18 @@ pub async fn prune(client: &mut Client, names: &Names, key: StreamKey, consumer:
     .await?;
     // One pruner at a time per stream; others skip this round.
     let locked: bool = tx
-        .query_one("SELECT pg_try_advisory_xact_lock(hashtext('jetscale.ledger'), $1)", &[&key.0])
+        .query_one(
+            "SELECT pg_try_advisory_xact_lock(hashtext('jetscale.ledger'), $1)",
+            &[&key.0],
+        )
         .await?
         .get(0);
     if locked {
         let floor: Option<i64> = tx
-            .query_one(&format!("SELECT min(ack_floor) + 1 FROM {consumers} WHERE stream_key = $1"), &[&key.0])
+            .query_one(
+                &format!("SELECT min(ack_floor) + 1 FROM {consumers} WHERE stream_key = $1"),
+                &[&key.0],
+            )
             .await?
             .get(0);
         let straddling: Option<i64> = match floor {
@@ -227,7 +253,10 @@ pub async fn prune(client: &mut Client, names: &Names, key: StreamKey, consumer:
         }
     }
     let left: i64 = tx
-        .query_one(&format!("SELECT count(*) FROM {ledger} WHERE stream_key = $1"), &[&key.0])
+        .query_one(
+            &format!("SELECT count(*) FROM {ledger} WHERE stream_key = $1"),
+            &[&key.0],
+        )
         .await?
         .get(0);
     tx.commit().await?;
@@ -240,7 +269,10 @@ mod tests {
 
     #[test]
     fn ranges_are_compact() {
-        assert_eq!(ranges(&[1, 2, 3, 7, 8, 10]), (vec![1, 7, 10], vec![4, 9, 11]));
+        assert_eq!(
+            ranges(&[1, 2, 3, 7, 8, 10]),
+            (vec![1, 7, 10], vec![4, 9, 11])
+        );
         assert_eq!(ranges(&[]), (vec![], vec![]));
     }
 }

@@ -25,11 +25,23 @@ fn now_us() -> i64 {
 }
 
 /// Creates the partitions from one chunk back to `ahead` in the future.
-pub async fn partitions_ahead(client: &Client, names: &Names, settings: &StoreSettings, ahead: Duration) -> Result<i32, StoreError> {
+pub async fn partitions_ahead(
+    client: &Client,
+    names: &Names,
+    settings: &StoreSettings,
+    ahead: Duration,
+) -> Result<i32, StoreError> {
     let width = settings.chunk_interval.as_micros() as i64;
     let now = now_us();
     let from = now - now.rem_euclid(width) - width;
-    ensure_partition_range(client, names, from, now + ahead.as_micros() as i64 + width, settings.chunk_interval).await
+    ensure_partition_range(
+        client,
+        names,
+        from,
+        now + ahead.as_micros() as i64 + width,
+        settings.chunk_interval,
+    )
+    .await
 }
 
 /// One round: partitions, rollup, retention, as the backend needs.
@@ -46,7 +58,10 @@ pub async fn run_once(
     }
     if !backend.continuous_aggregate() {
         upkeep.rollup_buckets = client
-            .query_one(&format!("SELECT {}.jetscale_refresh_rollup($1)", names.schema), &[&names.table])
+            .query_one(
+                &format!("SELECT {}.jetscale_refresh_rollup($1)", names.schema),
+                &[&names.table],
+            )
             .await?
             .get(0);
     }
@@ -62,11 +77,16 @@ pub async fn run_once(
                 .await?
                 .get(0);
         }
-        Backend::Timescale { apache_only: true, .. } => {
+        Backend::Timescale {
+            apache_only: true, ..
+        } => {
             // No retention jobs without the TSL license; drop_chunks itself is Apache.
             let dropped = client
                 .query(
-                    &format!("SELECT drop_chunks('{}', older_than => $1::timestamptz)", names.metrics.replace('\'', "''")),
+                    &format!(
+                        "SELECT drop_chunks('{}', older_than => $1::timestamptz)",
+                        names.metrics.replace('\'', "''")
+                    ),
                     &[&raw_cutoff],
                 )
                 .await?;
@@ -76,7 +96,10 @@ pub async fn run_once(
     }
     if !backend.continuous_aggregate() {
         client
-            .execute(&format!("DELETE FROM {} WHERE bucket < $1", names.hourly_data), &[&rollup_cutoff])
+            .execute(
+                &format!("DELETE FROM {} WHERE bucket < $1", names.hourly_data),
+                &[&rollup_cutoff],
+            )
             .await?;
     }
     Ok(upkeep)

@@ -88,10 +88,14 @@ pub async fn connect(settings: &StoreSettings) -> Result<Client, StoreError> {
     if config.get_application_name().is_none() {
         config.application_name("jetscale");
     }
-    let (client, connection) = config.connect(NoTls).await.map_err(|source| StoreError::Connect {
-        target: redact_url(&settings.url),
-        source,
-    })?;
+    let (client, connection) =
+        config
+            .connect(NoTls)
+            .await
+            .map_err(|source| StoreError::Connect {
+                target: redact_url(&settings.url),
+                source,
+            })?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "database connection closed");

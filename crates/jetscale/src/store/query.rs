@@ -41,7 +41,10 @@ pub async fn anomalies(
     window: Duration,
     threshold: f64,
 ) -> Result<Vec<Anomaly>, StoreError> {
-    let sql = ANOMALY_SQL.replace("FROM iot_metrics", &format!("FROM \"{schema}\".iot_metrics"));
+    let sql = ANOMALY_SQL.replace(
+        "FROM iot_metrics",
+        &format!("FROM \"{schema}\".iot_metrics"),
+    );
     let window = format!("{} seconds", window.as_secs());
     let rows = client.query(&sql, &[&metric, &window, &threshold]).await?;
     Ok(rows
@@ -76,12 +79,22 @@ pub fn render_table(headers: &[&str], rows: &[Vec<String>]) -> String {
     };
     let mut out = line(headers.to_vec());
     out.push('\n');
-    out.push_str(&widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("-+-"));
+    out.push_str(
+        &widths
+            .iter()
+            .map(|w| "-".repeat(*w))
+            .collect::<Vec<_>>()
+            .join("-+-"),
+    );
     out.push('\n');
     for row in rows {
         out.push_str(&line(row.iter().map(String::as_str).collect()));
         out.push('\n');
     }
-    out.push_str(&format!("({} row{})\n", rows.len(), if rows.len() == 1 { "" } else { "s" }));
+    out.push_str(&format!(
+        "({} row{})\n",
+        rows.len(),
+        if rows.len() == 1 { "" } else { "s" }
+    ));
     out
 }

@@ -20,13 +20,23 @@ pub enum Backend {
     Native,
     /// TimescaleDB `major.minor`; `apache_only` when built without the TSL features
     /// (no continuous aggregate policies, no retention jobs).
-    Timescale { major: u32, minor: u32, apache_only: bool },
+    Timescale {
+        major: u32,
+        minor: u32,
+        apache_only: bool,
+    },
 }
 
 impl Backend {
     /// Whether the hourly rollup is a TimescaleDB continuous aggregate with a policy.
     pub fn continuous_aggregate(&self) -> bool {
-        matches!(self, Backend::Timescale { apache_only: false, .. })
+        matches!(
+            self,
+            Backend::Timescale {
+                apache_only: false,
+                ..
+            }
+        )
     }
     /// Whether jetscale creates and drops partitions itself.
     pub fn native_partitions(&self) -> bool {
@@ -38,10 +48,18 @@ impl std::fmt::Display for Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Backend::Native => f.write_str("PostgreSQL (native partitions)"),
-            Backend::Timescale { major, minor, apache_only } => write!(
+            Backend::Timescale {
+                major,
+                minor,
+                apache_only,
+            } => write!(
                 f,
                 "TimescaleDB {major}.{minor}{}",
-                if *apache_only { " (Apache license: jetscale runs rollups and retention)" } else { "" }
+                if *apache_only {
+                    " (Apache license: jetscale runs rollups and retention)"
+                } else {
+                    ""
+                }
             ),
         }
     }
@@ -100,18 +118,30 @@ pub struct MigrationReport {
 /// Finds out which backend is available, installing TimescaleDB when it can.
 pub async fn detect_backend(client: &Client) -> Result<Backend, StoreError> {
     let installed = client
-        .query_opt("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'", &[])
+        .query_opt(
+            "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'",
+            &[],
+        )
         .await?;
     let version: Option<String> = match installed {
         Some(row) => Some(row.get(0)),
         None => {
             let available = client
-                .query_opt("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'", &[])
+                .query_opt(
+                    "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'",
+                    &[],
+                )
                 .await?;
             if available.is_some() {
-                match client.batch_execute("CREATE EXTENSION IF NOT EXISTS timescaledb").await {
+                match client
+                    .batch_execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+                    .await
+                {
                     Ok(()) => client
-                        .query_opt("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'", &[])
+                        .query_opt(
+                            "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'",
+                            &[],
+                        )
                         .await?
                         .map(|r| r.get(0)),
                     Err(e) => {
@@ -146,7 +176,10 @@ fn interval(d: Duration) -> String {
 }
 
 /// Creates or updates every table, index, view and function, under an advisory lock.
-pub async fn migrate(client: &mut Client, settings: &StoreSettings) -> Result<MigrationReport, StoreError> {
+pub async fn migrate(
+    client: &mut Client,
+    settings: &StoreSettings,
+) -> Result<MigrationReport, StoreError> {
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await?;
@@ -158,7 +191,10 @@ pub async fn migrate(client: &mut Client, settings: &StoreSettings) -> Result<Mi
     result
 }
 
-async fn migrate_locked(client: &mut Client, settings: &StoreSettings) -> Result<MigrationReport, StoreError> {
+async fn migrate_locked(
+    client: &mut Client,
+    settings: &StoreSettings,
+) -> Result<MigrationReport, StoreError> {
     let names = Names::new(settings);
     let mut report = MigrationReport::default();
     let backend = detect_backend(client).await?;
@@ -168,7 +204,10 @@ async fn migrate_locked(client: &mut Client, settings: &StoreSettings) -> Result
         .await?;
     let current: Option<i32> = match client
         .query_opt(
-            &format!("SELECT version FROM {} WHERE component = $1", names.own("jetscale_schema")),
+            &format!(
+                "SELECT version FROM {} WHERE component = $1",
+                names.own("jetscale_schema")
+            ),
             &[&names.table],
         )
         .await
@@ -181,9 +220,19 @@ async fn migrate_locked(client: &mut Client, settings: &StoreSettings) -> Result
     tx.batch_execute(&bookkeeping_sql(&names)).await?;
     match &backend {
         Backend::Native => tx.batch_execute(&native_sql(&names, settings)).await?,
-        Backend::Timescale { major, minor, apache_only } => {
-            tx.batch_execute(&timescale_sql(&names, settings, *major, *minor, *apache_only))
-                .await?
+        Backend::Timescale {
+            major,
+            minor,
+            apache_only,
+        } => {
+            tx.batch_execute(&timescale_sql(
+                &names,
+                settings,
+                *major,
+                *minor,
+                *apache_only,
+            ))
+            .await?
         }
     }
     if !backend.continuous_aggregate() {
@@ -215,6 +264,13 @@ async fn migrate_locked(client: &mut Client, settings: &StoreSettings) -> Result
 fn bookkeeping_sql(n: &Names) -> String {
     let streams = n.own("jetscale_streams");
     let ledger = n.own("jetscale_ledger");
+    let dead_table = n
+        .dead_letters
+        .rsplit('.')
+        .next()
+        .unwrap_or("dl")
+        .trim_matches('"');
+    let dead_idx = format!("\"{dead_table}_received_at\"");
     format!(
         r#"
 CREATE EXTENSION IF NOT EXISTS btree_gist;
@@ -270,7 +326,7 @@ CREATE TABLE IF NOT EXISTS {invalidations} (
         schema_t = n.own("jetscale_schema"),
         consumers = n.own("jetscale_consumers"),
         dead = n.dead_letters,
-        dead_idx = format!("\"{}_received_at\"", n.dead_letters.rsplit('.').next().unwrap_or("dl").trim_matches('"')),
+        dead_idx = dead_idx,
         rollup_state = n.own("jetscale_rollup_state"),
         invalidations = n.own("jetscale_rollup_invalidations"),
     )
@@ -362,7 +418,13 @@ INSERT INTO {rollup_state} (relation) VALUES ('{table}') ON CONFLICT DO NOTHING;
 }
 
 /// The seed's schema for TimescaleDB, with the calls its version supports.
-fn timescale_sql(n: &Names, s: &StoreSettings, major: u32, minor: u32, apache_only: bool) -> String {
+fn timescale_sql(
+    n: &Names,
+    s: &StoreSettings,
+    major: u32,
+    minor: u32,
+    apache_only: bool,
+) -> String {
     let v213 = (major, minor) >= (2, 13);
     let hypertable = if v213 {
         format!(
@@ -532,7 +594,10 @@ $fn$;
 fn seed_aliases_sql(n: &Names) -> String {
     let mut sql = String::new();
     if n.table != "iot_metrics" {
-        for (alias, target) in [("iot_metrics", &n.metrics), ("iot_metrics_hourly", &n.hourly)] {
+        for (alias, target) in [
+            ("iot_metrics", &n.metrics),
+            ("iot_metrics_hourly", &n.hourly),
+        ] {
             sql.push_str(&format!(
                 "DO $do$ BEGIN
                    IF to_regclass('{s}.{alias}') IS NULL THEN

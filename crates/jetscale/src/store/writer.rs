@@ -51,7 +51,10 @@ impl PartitionCache {
         chunks.filter(|c| !known.contains(c)).collect()
     }
     fn add(&self, chunk: i64) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(chunk);
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(chunk);
     }
 }
 
@@ -150,7 +153,10 @@ impl Writer {
                                     }
                                 }
                                 None => {
-                                    let cap = m.payload.len().min(crate::process::batch::DEAD_LETTER_PAYLOAD_CAP);
+                                    let cap = m
+                                        .payload
+                                        .len()
+                                        .min(crate::process::batch::DEAD_LETTER_PAYLOAD_CAP);
                                     single.dead_letters.push(DeadLetter {
                                         stream_seq: m.stream_seq,
                                         subject: m.subject.to_string(),
@@ -191,11 +197,24 @@ impl Writer {
         let native_rollup = !self.backend.continuous_aggregate();
         let tx = self.client.transaction().await?;
         if native_rollup {
-            tx.execute("SELECT pg_advisory_xact_lock_shared(hashtext('jetscale.rollup.' || $1))", &[&names.table])
-                .await?;
+            tx.execute(
+                "SELECT pg_advisory_xact_lock_shared(hashtext('jetscale.rollup.' || $1))",
+                &[&names.table],
+            )
+            .await?;
         }
-        let min = batch.messages.iter().map(|m| m.stream_seq).min().unwrap_or(0);
-        let max = batch.messages.iter().map(|m| m.stream_seq).max().unwrap_or(0);
+        let min = batch
+            .messages
+            .iter()
+            .map(|m| m.stream_seq)
+            .min()
+            .unwrap_or(0);
+        let max = batch
+            .messages
+            .iter()
+            .map(|m| m.stream_seq)
+            .max()
+            .unwrap_or(0);
         let committed = ledger::committed_within(&tx, names, self.key, min, max).await?;
         let is_committed = |seq: u64| committed.iter().any(|&(l, u)| seq >= l && seq < u);
         let keep: Vec<usize> = (0..batch.messages.len())
@@ -205,7 +224,11 @@ impl Writer {
             duplicates: batch.messages.len() - keep.len(),
             ..Committed::default()
         };
-        outcome.replies = batch.messages.iter().flat_map(|m| m.replies.iter().cloned()).collect();
+        outcome.replies = batch
+            .messages
+            .iter()
+            .flat_map(|m| m.replies.iter().cloned())
+            .collect();
         let selected;
         let work = if keep.len() == batch.messages.len() {
             batch
@@ -275,7 +298,10 @@ pub async fn ensure_partition_range(
     let width_secs = format!("{} seconds", width.as_secs());
     let row = client
         .query_one(
-            &format!("SELECT {}.jetscale_ensure_partitions($1, $2, $3, $4::text::interval)", names.schema),
+            &format!(
+                "SELECT {}.jetscale_ensure_partitions($1, $2, $3, $4::text::interval)",
+                names.schema
+            ),
             &[&names.table, &from, &to, &width_secs],
         )
         .await?;
@@ -294,7 +320,10 @@ async fn insert_dead_letters(
     let headers: Vec<String> = dead.iter().map(|d| clean(&d.headers)).collect();
     let reasons: Vec<String> = dead.iter().map(|d| clean(&d.reason)).collect();
     let payloads: Vec<&[u8]> = dead.iter().map(|d| d.payload.as_slice()).collect();
-    let sizes: Vec<i32> = dead.iter().map(|d| d.payload_size.min(i32::MAX as usize) as i32).collect();
+    let sizes: Vec<i32> = dead
+        .iter()
+        .map(|d| d.payload_size.min(i32::MAX as usize) as i32)
+        .collect();
     tx.execute(
         &format!(
             "INSERT INTO {} (stream, stream_seq, subject, headers, reason, payload, payload_size)

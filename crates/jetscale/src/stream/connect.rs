@@ -8,14 +8,19 @@ use std::time::Duration;
 
 /// Connects with the configured credentials and TLS. Reconnection after a server restart is
 /// automatic and unbounded; only the first connection must succeed.
-pub async fn connect(settings: &NatsSettings, name: &str) -> Result<async_nats::Client, StreamError> {
+pub async fn connect(
+    settings: &NatsSettings,
+    name: &str,
+) -> Result<async_nats::Client, StreamError> {
     let mut options = async_nats::ConnectOptions::new()
         .name(name)
         .connection_timeout(Duration::from_secs(5))
         .max_reconnects(None)
         .event_callback(|event| async move {
             match event {
-                async_nats::Event::Disconnected => tracing::warn!("NATS connection lost; reconnecting"),
+                async_nats::Event::Disconnected => {
+                    tracing::warn!("NATS connection lost; reconnecting")
+                }
                 async_nats::Event::Connected => tracing::info!("NATS connected"),
                 other => tracing::debug!(%other, "NATS event"),
             }
@@ -63,8 +68,11 @@ pub async fn connect(settings: &NatsSettings, name: &str) -> Result<async_nats::
             target: redact_url(&settings.url),
             detail: format!("invalid URL: {e}"),
         })?;
-    options.connect(addrs).await.map_err(|e| StreamError::Connect {
-        target: redact_url(&settings.url),
-        detail: e.to_string(),
-    })
+    options
+        .connect(addrs)
+        .await
+        .map_err(|e| StreamError::Connect {
+            target: redact_url(&settings.url),
+            detail: e.to_string(),
+        })
 }

@@ -13,7 +13,11 @@ pub enum StreamError {
     #[error("cannot connect to NATS at {target}: {detail}. Is nats-server running with JetStream (-js), and does JETSCALE_NATS_URL / receivers.nats.url point at it?")]
     Connect { target: String, detail: String },
     #[error("cannot read {what} {path}: {detail}")]
-    Credentials { what: &'static str, path: String, detail: String },
+    Credentials {
+        what: &'static str,
+        path: String,
+        detail: String,
+    },
     #[error("JetStream {step} failed: {detail}")]
     JetStream { step: &'static str, detail: String },
     #[error("stream {stream}: {detail}")]

@@ -77,13 +77,48 @@ fn drifts(found: &stream::Config, wanted: &stream::Config) -> Vec<Drift> {
             });
         }
     };
-    check("subjects", found.subjects.join(","), wanted.subjects.join(","), true);
-    check("retention", format!("{:?}", found.retention), format!("{:?}", wanted.retention), false);
-    check("max_age", format_duration(found.max_age), format_duration(wanted.max_age), true);
-    check("max_bytes", found.max_bytes.to_string(), wanted.max_bytes.to_string(), true);
-    check("storage", format!("{:?}", found.storage), format!("{:?}", wanted.storage), false);
-    check("replicas", found.num_replicas.to_string(), wanted.num_replicas.to_string(), true);
-    check("discard", format!("{:?}", found.discard), format!("{:?}", wanted.discard), true);
+    check(
+        "subjects",
+        found.subjects.join(","),
+        wanted.subjects.join(","),
+        true,
+    );
+    check(
+        "retention",
+        format!("{:?}", found.retention),
+        format!("{:?}", wanted.retention),
+        false,
+    );
+    check(
+        "max_age",
+        format_duration(found.max_age),
+        format_duration(wanted.max_age),
+        true,
+    );
+    check(
+        "max_bytes",
+        found.max_bytes.to_string(),
+        wanted.max_bytes.to_string(),
+        true,
+    );
+    check(
+        "storage",
+        format!("{:?}", found.storage),
+        format!("{:?}", wanted.storage),
+        false,
+    );
+    check(
+        "replicas",
+        found.num_replicas.to_string(),
+        wanted.num_replicas.to_string(),
+        true,
+    );
+    check(
+        "discard",
+        format!("{:?}", found.discard),
+        format!("{:?}", wanted.discard),
+        true,
+    );
     check(
         "duplicate_window",
         format_duration(found.duplicate_window),
@@ -94,7 +129,10 @@ fn drifts(found: &stream::Config, wanted: &stream::Config) -> Vec<Drift> {
 }
 
 /// Creates the stream, or reports and applies the differences NATS allows.
-pub async fn ensure_stream(js: &jetstream::Context, settings: &StreamSettings) -> Result<(Provisioned, stream::Stream), StreamError> {
+pub async fn ensure_stream(
+    js: &jetstream::Context,
+    settings: &StreamSettings,
+) -> Result<(Provisioned, stream::Stream), StreamError> {
     let wanted = stream_config(settings);
     let err = |step: &'static str| move |e: String| StreamError::JetStream { step, detail: e };
     match js.get_stream(&settings.name).await {
@@ -159,7 +197,10 @@ pub async fn ensure_stream(js: &jetstream::Context, settings: &StreamSettings) -
 }
 
 fn list(d: &[Drift]) -> String {
-    d.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    d.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The durable pull consumer's configuration: explicit acks, everything from the start.
@@ -174,7 +215,11 @@ pub fn consumer_config(c: &ConsumerSettings) -> consumer::pull::Config {
         max_ack_pending: c.max_ack_pending,
         max_deliver: c.max_deliver,
         max_batch: 0,
-        inactive_threshold: if c.durable { Duration::ZERO } else { Duration::from_secs(300) },
+        inactive_threshold: if c.durable {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(300)
+        },
         ..Default::default()
     }
 }
@@ -185,7 +230,10 @@ pub async fn ensure_consumer(
     settings: &ConsumerSettings,
 ) -> Result<(Provisioned, consumer::Consumer<consumer::pull::Config>), StreamError> {
     let wanted = consumer_config(settings);
-    match stream.get_consumer::<consumer::pull::Config>(&settings.name).await {
+    match stream
+        .get_consumer::<consumer::pull::Config>(&settings.name)
+        .await
+    {
         Ok(mut existing) => {
             let found = existing
                 .info()
@@ -207,11 +255,36 @@ pub async fn ensure_consumer(
                     });
                 }
             };
-            check("filter_subject", found.filter_subject.clone(), wanted.filter_subject.clone(), true);
-            check("ack_policy", format!("{:?}", found.ack_policy), format!("{:?}", wanted.ack_policy), false);
-            check("ack_wait", format_duration(found.ack_wait), format_duration(wanted.ack_wait), true);
-            check("max_ack_pending", found.max_ack_pending.to_string(), wanted.max_ack_pending.to_string(), true);
-            check("max_deliver", found.max_deliver.to_string(), wanted.max_deliver.to_string(), true);
+            check(
+                "filter_subject",
+                found.filter_subject.clone(),
+                wanted.filter_subject.clone(),
+                true,
+            );
+            check(
+                "ack_policy",
+                format!("{:?}", found.ack_policy),
+                format!("{:?}", wanted.ack_policy),
+                false,
+            );
+            check(
+                "ack_wait",
+                format_duration(found.ack_wait),
+                format_duration(wanted.ack_wait),
+                true,
+            );
+            check(
+                "max_ack_pending",
+                found.max_ack_pending.to_string(),
+                wanted.max_ack_pending.to_string(),
+                true,
+            );
+            check(
+                "max_deliver",
+                found.max_deliver.to_string(),
+                wanted.max_deliver.to_string(),
+                true,
+            );
             if differences.is_empty() {
                 return Ok((Provisioned::Unchanged, existing));
             }
@@ -220,23 +293,25 @@ pub async fn ensure_consumer(
             }
             let mut update = wanted.clone();
             update.deliver_policy = found.deliver_policy;
-            let consumer = stream
-                .create_consumer(update)
-                .await
-                .map_err(|e| StreamError::JetStream {
-                    step: "update consumer",
-                    detail: format!("{e}; differences: {}", list(&differences)),
-                })?;
+            let consumer =
+                stream
+                    .create_consumer(update)
+                    .await
+                    .map_err(|e| StreamError::JetStream {
+                        step: "update consumer",
+                        detail: format!("{e}; differences: {}", list(&differences)),
+                    })?;
             Ok((Provisioned::Updated(differences), consumer))
         }
         Err(_) => {
-            let consumer = stream
-                .create_consumer(wanted)
-                .await
-                .map_err(|e| StreamError::JetStream {
-                    step: "create consumer",
-                    detail: e.to_string(),
-                })?;
+            let consumer =
+                stream
+                    .create_consumer(wanted)
+                    .await
+                    .map_err(|e| StreamError::JetStream {
+                        step: "create consumer",
+                        detail: e.to_string(),
+                    })?;
             Ok((Provisioned::Created, consumer))
         }
     }

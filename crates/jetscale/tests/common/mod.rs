@@ -137,7 +137,9 @@ pub async fn simulate(nats_url: &str, devices: u32, count: u64) -> jetscale::sim
 
 /// Creates the stream as `jetscale setup` does.
 pub async fn provision_stream(settings: &Settings) {
-    let client = async_nats::connect(&settings.nats.url).await.expect("connect nats");
+    let client = async_nats::connect(&settings.nats.url)
+        .await
+        .expect("connect nats");
     let js = async_nats::jetstream::new(client);
     let (_, stream) = jetscale::stream::ensure_stream(&js, &settings.stream)
         .await
@@ -148,7 +150,10 @@ pub async fn provision_stream(settings: &Settings) {
 }
 
 /// Every row of the metrics table as (device, metric, time µs, value bits).
-pub async fn stored_points(client: &tokio_postgres::Client, table: &str) -> Vec<(String, String, i64, u64)> {
+pub async fn stored_points(
+    client: &tokio_postgres::Client,
+    table: &str,
+) -> Vec<(String, String, i64, u64)> {
     let rows = client
         .query(
             &format!(
