@@ -8,4 +8,6 @@ pub mod flat;
 pub mod records;
 pub mod subject;
 
-pub use records::{MetricKind, MetricPoint};
+pub use records::{
+    severity_number, DistributionPoint, LogRecord, MetricKind, MetricPoint, SpanRecord,
+};

@@ -219,6 +219,12 @@ pub struct PostgresExporter {
     pub retention: Option<DurationValue>,
     /// jetscale: hourly rollups older than this are dropped (seed: 365 days).
     pub rollup_retention: Option<DurationValue>,
+    /// jetscale: histogram, exponential histogram and summary points.
+    pub distributions_table: Option<String>,
+    /// jetscale: spans.
+    pub spans_table: Option<String>,
+    /// jetscale: log records.
+    pub logs_table: Option<String>,
     /// jetscale: the table that keeps undecodable or rejected messages.
     pub dead_letter_table: Option<String>,
     /// jetscale: database connections writing batches in parallel.

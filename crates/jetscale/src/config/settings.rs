@@ -103,6 +103,10 @@ pub struct StoreSettings {
     pub schema: String,
     /// The metrics table jetscale writes.
     pub metrics_table: String,
+    /// Histogram, exponential histogram and summary points.
+    pub distributions_table: String,
+    pub spans_table: String,
+    pub logs_table: String,
     pub dead_letter_table: String,
     pub chunk_interval: Duration,
     pub retention: Duration,
@@ -337,6 +341,15 @@ pub fn resolve(file: &ConfigFile, overrides: &Overrides) -> Result<Settings, Con
         metrics_table: pg
             .and_then(|p| p.table_name.clone())
             .unwrap_or_else(|| "iot_metrics".into()),
+        distributions_table: pg
+            .and_then(|p| p.distributions_table.clone())
+            .unwrap_or_else(|| "telemetry_distributions".into()),
+        spans_table: pg
+            .and_then(|p| p.spans_table.clone())
+            .unwrap_or_else(|| "telemetry_spans".into()),
+        logs_table: pg
+            .and_then(|p| p.logs_table.clone())
+            .unwrap_or_else(|| "telemetry_logs".into()),
         dead_letter_table: pg
             .and_then(|p| p.dead_letter_table.clone())
             .unwrap_or_else(|| "jetscale_dead_letters".into()),
@@ -353,10 +366,20 @@ pub fn resolve(file: &ConfigFile, overrides: &Overrides) -> Result<Settings, Con
     };
     validate_identifier("exporters.postgresql.schema", &store.schema)?;
     validate_identifier("exporters.postgresql.table_name", &store.metrics_table)?;
-    validate_identifier(
-        "exporters.postgresql.dead_letter_table",
-        &store.dead_letter_table,
-    )?;
+    for (what, name) in [
+        (
+            "exporters.postgresql.dead_letter_table",
+            &store.dead_letter_table,
+        ),
+        (
+            "exporters.postgresql.distributions_table",
+            &store.distributions_table,
+        ),
+        ("exporters.postgresql.spans_table", &store.spans_table),
+        ("exporters.postgresql.logs_table", &store.logs_table),
+    ] {
+        validate_identifier(what, name)?;
+    }
     if store.chunk_interval < Duration::from_secs(60)
         || !store.chunk_interval.as_secs().is_multiple_of(60)
     {

@@ -11,7 +11,7 @@ pub mod otlp_json;
 pub use detect::{detect, Format};
 
 use crate::config::{AttributeAction, Encoding, Limits};
-use jetscale_model::MetricPoint;
+use jetscale_model::{DistributionPoint, LogRecord, MetricPoint, SpanRecord};
 
 /// Why a message can not be stored. Always dead-lettered, never retried.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -66,8 +66,14 @@ impl Rejection {
 /// Where decoded records go. The batch implements it and encodes rows as they arrive, so
 /// records never have to be collected in between.
 pub trait RecordSink {
-    /// One numeric point (gauge or sum).
+    /// One numeric point (gauge, sum, or a flat metric point).
     fn metric(&mut self, point: &MetricPoint<'_>) -> Result<(), Rejection>;
+    /// One histogram, exponential histogram or summary point.
+    fn distribution(&mut self, point: &DistributionPoint<'_>) -> Result<(), Rejection>;
+    /// One span.
+    fn span(&mut self, span: &SpanRecord<'_>) -> Result<(), Rejection>;
+    /// One log record.
+    fn log(&mut self, log: &LogRecord<'_>) -> Result<(), Rejection>;
 }
 
 /// What every decoder needs besides the bytes: limits, processors and the clock.

@@ -442,6 +442,18 @@ pub(crate) mod tests {
             ));
             Ok(())
         }
+        fn distribution(
+            &mut self,
+            _: &jetscale_model::DistributionPoint<'_>,
+        ) -> Result<(), Rejection> {
+            Err(Rejection::malformed("unexpected distribution"))
+        }
+        fn span(&mut self, _: &jetscale_model::SpanRecord<'_>) -> Result<(), Rejection> {
+            Err(Rejection::malformed("unexpected span"))
+        }
+        fn log(&mut self, _: &jetscale_model::LogRecord<'_>) -> Result<(), Rejection> {
+            Err(Rejection::malformed("unexpected log"))
+        }
     }
 
     fn run(

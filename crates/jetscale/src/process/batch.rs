@@ -3,10 +3,28 @@
 
 use crate::decode::{self, DecodeContext, Incoming, RecordSink, Rejection};
 use crate::store::copy::RowWriter;
-use jetscale_model::MetricPoint;
+use jetscale_model::{DistributionPoint, LogRecord, MetricPoint, SpanRecord};
 use std::collections::{BTreeSet, HashMap};
 use std::ops::Range;
 use std::time::Instant;
+
+/// The tables a batch writes rows into, in the order they are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Table {
+    Metrics = 0,
+    Distributions = 1,
+    Spans = 2,
+    Logs = 3,
+}
+
+impl Table {
+    pub const ALL: [Table; 4] = [
+        Table::Metrics,
+        Table::Distributions,
+        Table::Spans,
+        Table::Logs,
+    ];
+}
 
 /// Raw bytes kept of a dead-lettered message.
 pub const DEAD_LETTER_PAYLOAD_CAP: usize = 64 * 1024;
@@ -16,9 +34,9 @@ pub const DEAD_LETTER_PAYLOAD_CAP: usize = 64 * 1024;
 pub struct MessageEntry {
     /// Stream sequence: the identity the delivery ledger records.
     pub stream_seq: u64,
-    /// The message's bytes in [`Batch::metrics`].
-    pub rows: Range<usize>,
-    pub row_count: u32,
+    /// The message's bytes in each of [`Batch::buffers`].
+    pub rows: [Range<usize>; 4],
+    pub row_count: [u32; 4],
     /// Index into [`Batch::dead_letters`] when the message is dead-lettered instead.
     pub dead_letter: Option<usize>,
     /// Reply subjects of every delivery of this message in the batch (a redelivery can
@@ -46,13 +64,15 @@ pub struct DeadLetter {
 /// Rows and deliveries bound for one transaction.
 #[derive(Debug)]
 pub struct Batch {
-    /// Binary COPY rows for the metrics table (no header or trailer).
-    pub metrics: Vec<u8>,
-    pub metric_rows: usize,
+    /// Binary COPY rows per [`Table`] (no header or trailer).
+    pub buffers: [Vec<u8>; 4],
+    pub row_counts: [usize; 4],
     pub messages: Vec<MessageEntry>,
     pub dead_letters: Vec<DeadLetter>,
     /// Start of every partition (chunk) the rows fall in, in microseconds since the epoch.
     pub chunks: BTreeSet<i64>,
+    /// Chunks of the other tables (distributions, spans, logs), which are fewer rows.
+    pub span_chunks: [BTreeSet<i64>; 3],
     /// Start of every hour the rows fall in (rollup buckets), microseconds since the epoch.
     pub hours: BTreeSet<i64>,
     by_seq: HashMap<u64, usize>,
@@ -68,11 +88,17 @@ impl Batch {
     /// An empty batch whose partitions are `chunk_us` microseconds wide.
     pub fn new(chunk_us: i64, capacity_rows: usize) -> Self {
         Batch {
-            metrics: Vec::with_capacity(capacity_rows * 96),
-            metric_rows: 0,
+            buffers: [
+                Vec::with_capacity(capacity_rows * 96),
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+            ],
+            row_counts: [0; 4],
             messages: Vec::new(),
             dead_letters: Vec::new(),
             chunks: BTreeSet::new(),
+            span_chunks: Default::default(),
             hours: BTreeSet::new(),
             by_seq: HashMap::new(),
             chunk_us: chunk_us.max(1),
@@ -88,7 +114,21 @@ impl Batch {
 
     /// Rows plus dead letters: what the batch size bounds.
     pub fn weight(&self) -> usize {
-        self.metric_rows + self.dead_letters.len()
+        self.row_counts.iter().sum::<usize>() + self.dead_letters.len()
+    }
+
+    /// Rows bound for one table.
+    pub fn rows(&self, table: Table) -> usize {
+        self.row_counts[table as usize]
+    }
+
+    /// The encoded rows of one table.
+    pub fn buffer(&self, table: Table) -> &[u8] {
+        &self.buffers[table as usize]
+    }
+
+    fn buffer_lens(&self) -> [usize; 4] {
+        [0, 1, 2, 3].map(|i| self.buffers[i].len())
     }
 
     /// Adds a delivery. A message already in the batch (a redelivery) only adds its reply
@@ -109,19 +149,19 @@ impl Batch {
             return Ok(());
         }
         self.by_seq.insert(meta.stream_seq, self.messages.len());
-        let start = self.metrics.len();
-        let rows_before = self.metric_rows;
+        let start = self.buffer_lens();
+        let rows_before = self.row_counts;
         let chunks_before = (self.last_chunk, self.last_hour);
         let mut sink = BatchSink {
             batch: self,
-            rows: 0,
+            rows: [0; 4],
         };
         let outcome = decode::decode(msg, ctx, &mut sink);
         let rows = sink.rows;
         match &outcome {
             Ok(()) => self.messages.push(MessageEntry {
                 stream_seq: meta.stream_seq,
-                rows: start..self.metrics.len(),
+                rows: [0, 1, 2, 3].map(|i| start[i]..self.buffers[i].len()),
                 row_count: rows,
                 dead_letter: None,
                 replies: vec![meta.reply],
@@ -130,8 +170,10 @@ impl Batch {
                 payload: meta.payload,
             }),
             Err(rejection) => {
-                self.metrics.truncate(start);
-                self.metric_rows = rows_before;
+                for (buffer, len) in self.buffers.iter_mut().zip(start) {
+                    buffer.truncate(len);
+                }
+                self.row_counts = rows_before;
                 (self.last_chunk, self.last_hour) = chunks_before;
                 self.dead_letter(msg, meta, &rejection.to_string());
             }
@@ -153,8 +195,8 @@ impl Batch {
         });
         self.messages.push(MessageEntry {
             stream_seq: meta.stream_seq,
-            rows: self.metrics.len()..self.metrics.len(),
-            row_count: 0,
+            rows: self.buffer_lens().map(|len| len..len),
+            row_count: [0; 4],
             dead_letter: Some(index),
             replies: vec![meta.reply],
             published_ns: meta.published_ns,
@@ -170,9 +212,11 @@ impl Batch {
             let Some(m) = self.messages.get(i) else {
                 continue;
             };
-            let start = out.metrics.len();
-            out.metrics.extend_from_slice(&self.metrics[m.rows.clone()]);
-            out.metric_rows += m.row_count as usize;
+            let start = out.buffer_lens();
+            for i in 0..4 {
+                out.buffers[i].extend_from_slice(&self.buffers[i][m.rows[i].clone()]);
+                out.row_counts[i] += m.row_count[i] as usize;
+            }
             let dead_letter = m
                 .dead_letter
                 .and_then(|d| self.dead_letters.get(d))
@@ -181,13 +225,15 @@ impl Batch {
                     out.dead_letters.len() - 1
                 });
             out.by_seq.insert(m.stream_seq, out.messages.len());
+            let end = out.buffer_lens();
             out.messages.push(MessageEntry {
-                rows: start..out.metrics.len(),
+                rows: [0, 1, 2, 3].map(|i| start[i]..end[i]),
                 dead_letter,
                 ..m.clone()
             });
         }
         out.chunks = self.chunks.clone();
+        out.span_chunks = self.span_chunks.clone();
         out.hours = self.hours.clone();
         out.opened = self.opened;
         out
@@ -221,13 +267,39 @@ pub struct Delivery<'a> {
 
 struct BatchSink<'b> {
     batch: &'b mut Batch,
-    rows: u32,
+    rows: [u32; 4],
+}
+
+impl BatchSink<'_> {
+    fn row(&mut self, table: Table, fields: i16) -> RowWriter<'_> {
+        let i = table as usize;
+        self.batch.row_counts[i] += 1;
+        self.rows[i] += 1;
+        RowWriter::begin(&mut self.batch.buffers[i], fields)
+    }
+
+    fn note_other(&mut self, table: Table, unix_ns: i64) {
+        let us = unix_ns.div_euclid(1000);
+        let chunk = us - us.rem_euclid(self.batch.chunk_us);
+        self.batch.span_chunks[table as usize - 1].insert(chunk);
+    }
+}
+
+fn opt_float(w: &mut RowWriter<'_>, v: Option<f64>) {
+    match v {
+        Some(v) => w.float8(v),
+        None => w.null(),
+    };
+}
+
+fn json_or(w: &mut RowWriter<'_>, text: &str, empty: &str) {
+    w.jsonb(if text.is_empty() { empty } else { text });
 }
 
 impl RecordSink for BatchSink<'_> {
     fn metric(&mut self, p: &MetricPoint<'_>) -> Result<(), Rejection> {
         self.batch.note_time(p.time_unix_nano);
-        RowWriter::begin(&mut self.batch.metrics, 7)
+        self.row(Table::Metrics, 7)
             .timestamptz_ns(p.time_unix_nano)
             .text(p.source)
             .text(p.location)
@@ -235,8 +307,81 @@ impl RecordSink for BatchSink<'_> {
             .float8(p.value)
             .text_or_null(p.unit)
             .jsonb(p.attributes);
-        self.batch.metric_rows += 1;
-        self.rows += 1;
+        Ok(())
+    }
+
+    fn distribution(&mut self, p: &DistributionPoint<'_>) -> Result<(), Rejection> {
+        self.note_other(Table::Distributions, p.time_unix_nano);
+        let mut w = self.row(Table::Distributions, 14);
+        w.timestamptz_ns(p.time_unix_nano);
+        if p.start_time_unix_nano > 0 {
+            w.timestamptz_ns(p.start_time_unix_nano);
+        } else {
+            w.null();
+        }
+        w.text(p.source)
+            .text(p.location)
+            .text(p.name)
+            .text_or_null(p.unit)
+            .text(p.kind)
+            .text(p.temporality)
+            .int8(i64::try_from(p.count).unwrap_or(i64::MAX));
+        opt_float(&mut w, p.sum);
+        opt_float(&mut w, p.min);
+        opt_float(&mut w, p.max);
+        json_or(&mut w, p.buckets, "{}");
+        json_or(&mut w, p.attributes, "{}");
+        Ok(())
+    }
+
+    fn span(&mut self, s: &SpanRecord<'_>) -> Result<(), Rejection> {
+        self.note_other(Table::Spans, s.start_time_unix_nano);
+        let duration_ms = (s.end_time_unix_nano - s.start_time_unix_nano) as f64 / 1e6;
+        let mut w = self.row(Table::Spans, 17);
+        w.timestamptz_ns(s.start_time_unix_nano)
+            .timestamptz_ns(s.end_time_unix_nano)
+            .text(s.trace_id)
+            .text(s.span_id)
+            .text_or_null(s.parent_span_id)
+            .text(s.name)
+            .text(s.service)
+            .text(s.kind)
+            .text(s.status_code)
+            .text_or_null(s.status_message)
+            .text_or_null(s.trace_state)
+            .float8(duration_ms);
+        json_or(&mut w, s.attributes, "{}");
+        json_or(&mut w, s.resource, "{}");
+        json_or(&mut w, s.events, "[]");
+        json_or(&mut w, s.links, "[]");
+        w.text_or_null(s.error);
+        Ok(())
+    }
+
+    fn log(&mut self, l: &LogRecord<'_>) -> Result<(), Rejection> {
+        self.note_other(Table::Logs, l.time_unix_nano);
+        let mut w = self.row(Table::Logs, 13);
+        w.timestamptz_ns(l.time_unix_nano);
+        if l.observed_time_unix_nano > 0 {
+            w.timestamptz_ns(l.observed_time_unix_nano);
+        } else {
+            w.null();
+        }
+        w.text(l.service)
+            .int4(l.severity_number)
+            .text_or_null(l.severity_text)
+            .text(l.message);
+        if l.body_json.is_empty() {
+            w.null();
+        } else {
+            w.jsonb(l.body_json);
+        }
+        json_or(&mut w, l.attributes, "{}");
+        json_or(&mut w, l.resource, "{}");
+        w.text_or_null(l.trace_id)
+            .text_or_null(l.span_id)
+            .int4(l.flags)
+            .text_or_null(l.error);
         Ok(())
     }
 }

@@ -4,4 +4,4 @@
 
 pub mod batch;
 
-pub use batch::{Batch, DeadLetter, MessageEntry};
+pub use batch::{Batch, DeadLetter, MessageEntry, Table};

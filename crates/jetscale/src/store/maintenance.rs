@@ -7,6 +7,7 @@ use super::schema::{Backend, Names};
 use super::writer::ensure_partition_range;
 use super::StoreError;
 use crate::config::StoreSettings;
+use crate::process::Table;
 use std::time::{Duration, SystemTime};
 use tokio_postgres::Client;
 
@@ -34,14 +35,19 @@ pub async fn partitions_ahead(
     let width = settings.chunk_interval.as_micros() as i64;
     let now = now_us();
     let from = now - now.rem_euclid(width) - width;
-    ensure_partition_range(
-        client,
-        names,
-        from,
-        now + ahead.as_micros() as i64 + width,
-        settings.chunk_interval,
-    )
-    .await
+    let mut created = 0;
+    for table in Table::ALL {
+        created += ensure_partition_range(
+            client,
+            names,
+            table,
+            from,
+            now + ahead.as_micros() as i64 + width,
+            settings.chunk_interval,
+        )
+        .await?;
+    }
+    Ok(created)
 }
 
 /// One round: partitions, rollup, retention, as the backend needs.
@@ -69,28 +75,33 @@ pub async fn run_once(
     let rollup_cutoff = SystemTime::now() - settings.rollup_retention;
     match backend {
         Backend::Native => {
-            upkeep.partitions_dropped = client
-                .query_one(
-                    &format!("SELECT {}.jetscale_drop_partitions($1, $2)", names.schema),
-                    &[&names.table, &raw_cutoff],
-                )
-                .await?
-                .get(0);
+            for table in Table::ALL {
+                let dropped: i32 = client
+                    .query_one(
+                        &format!("SELECT {}.jetscale_drop_partitions($1, $2)", names.schema),
+                        &[&names.plain(table), &raw_cutoff],
+                    )
+                    .await?
+                    .get(0);
+                upkeep.partitions_dropped += dropped;
+            }
         }
         Backend::Timescale {
             apache_only: true, ..
         } => {
             // No retention jobs without the TSL license; drop_chunks itself is Apache.
-            let dropped = client
-                .query(
-                    &format!(
-                        "SELECT drop_chunks('{}', older_than => $1::timestamptz)",
-                        names.metrics.replace('\'', "''")
-                    ),
-                    &[&raw_cutoff],
-                )
-                .await?;
-            upkeep.partitions_dropped = dropped.len() as i32;
+            for table in Table::ALL {
+                let dropped = client
+                    .query(
+                        &format!(
+                            "SELECT drop_chunks('{}', older_than => $1::timestamptz)",
+                            names.quoted(table).replace('\'', "''")
+                        ),
+                        &[&raw_cutoff],
+                    )
+                    .await?;
+                upkeep.partitions_dropped += dropped.len() as i32;
+            }
         }
         Backend::Timescale { .. } => {}
     }

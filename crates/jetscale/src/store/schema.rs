@@ -6,6 +6,7 @@
 
 use super::StoreError;
 use crate::config::StoreSettings;
+use crate::process::Table;
 use std::time::Duration;
 use tokio_postgres::Client;
 
@@ -77,7 +78,10 @@ pub struct Names {
     /// Native rollup storage.
     pub hourly_data: String,
     pub dead_letters: String,
-    pub table_plain: String,
+    pub distributions: String,
+    pub spans: String,
+    pub logs: String,
+    plain: [String; 4],
 }
 
 impl Names {
@@ -90,7 +94,28 @@ impl Names {
             hourly: q(&format!("{}_hourly", s.metrics_table)),
             hourly_data: q(&format!("{}_hourly_data", s.metrics_table)),
             dead_letters: q(&s.dead_letter_table),
-            table_plain: s.metrics_table.clone(),
+            distributions: q(&s.distributions_table),
+            spans: q(&s.spans_table),
+            logs: q(&s.logs_table),
+            plain: [
+                s.metrics_table.clone(),
+                s.distributions_table.clone(),
+                s.spans_table.clone(),
+                s.logs_table.clone(),
+            ],
+        }
+    }
+    /// The unquoted name of a table (as the partition functions take it).
+    pub fn plain(&self, table: Table) -> &str {
+        &self.plain[table as usize]
+    }
+    /// The quoted name of a table.
+    pub fn quoted(&self, table: Table) -> &str {
+        match table {
+            Table::Metrics => &self.metrics,
+            Table::Distributions => &self.distributions,
+            Table::Spans => &self.spans,
+            Table::Logs => &self.logs,
         }
     }
     /// A jetscale bookkeeping table in the same schema.
@@ -237,6 +262,19 @@ async fn migrate_locked(
     }
     if !backend.continuous_aggregate() {
         tx.batch_execute(&native_rollup_sql(&names)).await?;
+    }
+    tx.batch_execute(&signal_tables_sql(&names, &backend, settings))
+        .await?;
+    for table in [Table::Distributions, Table::Spans, Table::Logs] {
+        // Registered so the partition functions accept them.
+        tx.execute(
+            &format!(
+                "INSERT INTO {} (component, version, backend) VALUES ($1, $2, $3) ON CONFLICT (component) DO NOTHING",
+                names.own("jetscale_schema")
+            ),
+            &[&names.plain(table), &SCHEMA_VERSION, &backend.to_string()],
+        )
+        .await?;
     }
     tx.batch_execute(&seed_aliases_sql(&names)).await?;
     tx.execute(
@@ -415,6 +453,114 @@ INSERT INTO {rollup_state} (relation) VALUES ('{table}') ON CONFLICT DO NOTHING;
         idx_location = n.index("idx_location_metric", "location_metric"),
     )
     .replace("{chunk}", &interval(s.chunk_interval))
+}
+
+/// Tables for the other signals: distribution points, spans, logs. Partitioned by time like
+/// the metrics table (hypertables on TimescaleDB), with the indexes users' queries need: a
+/// trace by id, a service's errors in a window, a device's or service's metric over time.
+fn signal_tables_sql(n: &Names, backend: &Backend, s: &StoreSettings) -> String {
+    let partition = if backend.native_partitions() {
+        " PARTITION BY RANGE (time)"
+    } else {
+        ""
+    };
+    let idx = |table: Table, suffix: &str| format!("\"{}_{suffix}\"", n.plain(table));
+    let mut sql = format!(
+        r#"
+CREATE TABLE IF NOT EXISTS {dist} (
+    time        TIMESTAMPTZ NOT NULL,
+    start_time  TIMESTAMPTZ,
+    device_id   TEXT NOT NULL,
+    location    TEXT NOT NULL,
+    metric_name TEXT NOT NULL,
+    unit        TEXT,
+    kind        TEXT NOT NULL,
+    temporality TEXT NOT NULL,
+    count       BIGINT NOT NULL,
+    sum         DOUBLE PRECISION,
+    min         DOUBLE PRECISION,
+    max         DOUBLE PRECISION,
+    buckets     JSONB NOT NULL,
+    attributes  JSONB NOT NULL DEFAULT '{{}}'
+){partition};
+CREATE INDEX IF NOT EXISTS {dist_source} ON {dist} (device_id, metric_name, time DESC);
+CREATE INDEX IF NOT EXISTS {dist_name} ON {dist} (metric_name, time DESC);
+CREATE TABLE IF NOT EXISTS {spans} (
+    time           TIMESTAMPTZ NOT NULL,
+    end_time       TIMESTAMPTZ NOT NULL,
+    trace_id       TEXT NOT NULL,
+    span_id        TEXT NOT NULL,
+    parent_span_id TEXT,
+    name           TEXT NOT NULL,
+    service        TEXT NOT NULL,
+    kind           TEXT NOT NULL,
+    status_code    TEXT NOT NULL,
+    status_message TEXT,
+    trace_state    TEXT,
+    duration_ms    DOUBLE PRECISION NOT NULL,
+    attributes     JSONB NOT NULL DEFAULT '{{}}',
+    resource       JSONB NOT NULL DEFAULT '{{}}',
+    events         JSONB NOT NULL DEFAULT '[]',
+    links          JSONB NOT NULL DEFAULT '[]',
+    error          TEXT
+){partition};
+CREATE UNIQUE INDEX IF NOT EXISTS {spans_id} ON {spans} (trace_id, span_id, time);
+CREATE INDEX IF NOT EXISTS {spans_service} ON {spans} (service, time DESC);
+CREATE INDEX IF NOT EXISTS {spans_errors} ON {spans} (service, time DESC) WHERE status_code = 'error' OR error <> '';
+CREATE TABLE IF NOT EXISTS {logs} (
+    time            TIMESTAMPTZ NOT NULL,
+    observed_time   TIMESTAMPTZ,
+    service         TEXT NOT NULL,
+    severity_number INTEGER NOT NULL,
+    severity_text   TEXT,
+    message         TEXT NOT NULL,
+    body            JSONB,
+    attributes      JSONB NOT NULL DEFAULT '{{}}',
+    resource        JSONB NOT NULL DEFAULT '{{}}',
+    trace_id        TEXT,
+    span_id         TEXT,
+    flags           INTEGER NOT NULL DEFAULT 0,
+    error           TEXT
+){partition};
+CREATE INDEX IF NOT EXISTS {logs_service} ON {logs} (service, time DESC);
+CREATE INDEX IF NOT EXISTS {logs_errors} ON {logs} (service, time DESC) WHERE severity_number >= 17;
+CREATE INDEX IF NOT EXISTS {logs_trace} ON {logs} (trace_id) WHERE trace_id IS NOT NULL;
+"#,
+        dist = n.distributions,
+        spans = n.spans,
+        logs = n.logs,
+        dist_source = idx(Table::Distributions, "source_time"),
+        dist_name = idx(Table::Distributions, "name_time"),
+        spans_id = idx(Table::Spans, "id"),
+        spans_service = idx(Table::Spans, "service_time"),
+        spans_errors = idx(Table::Spans, "errors"),
+        logs_service = idx(Table::Logs, "service_time"),
+        logs_errors = idx(Table::Logs, "errors"),
+        logs_trace = idx(Table::Logs, "trace"),
+    );
+    if let Backend::Timescale {
+        major,
+        minor,
+        apache_only,
+    } = backend
+    {
+        for table in [Table::Distributions, Table::Spans, Table::Logs] {
+            let name = n.quoted(table).replace('\'', "''");
+            let chunk = interval(s.chunk_interval);
+            if (*major, *minor) >= (2, 13) {
+                sql.push_str(&format!("SELECT create_hypertable('{name}', by_range('time', INTERVAL '{chunk}'), if_not_exists => TRUE);\n"));
+            } else {
+                sql.push_str(&format!("SELECT create_hypertable('{name}', 'time', chunk_time_interval => INTERVAL '{chunk}', if_not_exists => TRUE);\n"));
+            }
+            if !apache_only {
+                sql.push_str(&format!(
+                    "SELECT add_retention_policy('{name}', INTERVAL '{}', if_not_exists => TRUE);\n",
+                    interval(s.retention)
+                ));
+            }
+        }
+    }
+    sql
 }
 
 /// The seed's schema for TimescaleDB, with the calls its version supports.

@@ -7,7 +7,7 @@ use super::copy::{HEADER, TRAILER};
 use super::ledger::{self, StreamKey};
 use super::schema::{Backend, Names};
 use super::StoreError;
-use crate::process::{Batch, DeadLetter};
+use crate::process::{Batch, DeadLetter, Table};
 use bytes::Bytes;
 use futures::SinkExt;
 use std::collections::HashSet;
@@ -43,18 +43,18 @@ impl Committed {
 
 /// Partitions known to exist, shared by every writer of the process.
 #[derive(Debug, Default)]
-pub struct PartitionCache(Mutex<HashSet<i64>>);
+pub struct PartitionCache(Mutex<HashSet<(Table, i64)>>);
 
 impl PartitionCache {
-    fn missing(&self, chunks: impl Iterator<Item = i64>) -> Vec<i64> {
+    fn missing(&self, table: Table, chunks: impl Iterator<Item = i64>) -> Vec<i64> {
         let known = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        chunks.filter(|c| !known.contains(c)).collect()
+        chunks.filter(|c| !known.contains(&(table, *c))).collect()
     }
-    fn add(&self, chunk: i64) {
+    fn add(&self, table: Table, chunk: i64) {
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(chunk);
+            .insert((table, chunk));
     }
 }
 
@@ -67,7 +67,7 @@ pub struct Writer {
     backend: Backend,
     chunk: Duration,
     partitions: Arc<PartitionCache>,
-    copy_sql: String,
+    copy_sql: [String; 4],
 }
 
 const MAX_LEDGER_RETRIES: usize = 8;
@@ -82,10 +82,21 @@ impl Writer {
         chunk: Duration,
         partitions: Arc<PartitionCache>,
     ) -> Self {
-        let copy_sql = format!(
-            "COPY {} (time, device_id, location, metric_name, value, unit, attributes) FROM STDIN (FORMAT binary)",
-            names.metrics
-        );
+        let copy_sql = [
+            format!(
+                "COPY {} (time, device_id, location, metric_name, value, unit, attributes) FROM STDIN (FORMAT binary)",
+                names.metrics
+            ),
+            format!(
+                "COPY {} (time, start_time, device_id, location, metric_name, unit, kind, temporality, count, sum, min, max, buckets, attributes) FROM STDIN (FORMAT binary)",
+                names.distributions
+            ),
+            "COPY jetscale_spans_stage (time, end_time, trace_id, span_id, parent_span_id, name, service, kind, status_code, status_message, trace_state, duration_ms, attributes, resource, events, links, error) FROM STDIN (FORMAT binary)".to_owned(),
+            format!(
+                "COPY {} (time, observed_time, service, severity_number, severity_text, message, body, attributes, resource, trace_id, span_id, flags, error) FROM STDIN (FORMAT binary)",
+                names.logs
+            ),
+        ];
         Writer {
             client,
             names,
@@ -114,10 +125,26 @@ impl Writer {
         if !self.backend.native_partitions() {
             return Ok(());
         }
-        let missing = self.partitions.missing(batch.chunks.iter().copied());
-        for chunk in missing {
-            ensure_partition_range(&self.client, &self.names, chunk, chunk + 1, self.chunk).await?;
-            self.partitions.add(chunk);
+        for table in Table::ALL {
+            let chunks = match table {
+                Table::Metrics => &batch.chunks,
+                other => &batch.span_chunks[other as usize - 1],
+            };
+            if chunks.is_empty() {
+                continue;
+            }
+            for chunk in self.partitions.missing(table, chunks.iter().copied()) {
+                ensure_partition_range(
+                    &self.client,
+                    &self.names,
+                    table,
+                    chunk,
+                    chunk + 1,
+                    self.chunk,
+                )
+                .await?;
+                self.partitions.add(table, chunk);
+            }
         }
         Ok(())
     }
@@ -141,11 +168,13 @@ impl Writer {
                         let mut single = batch.select(&[0]);
                         let reason = format!("rejected by the database: {}", db_message(&e));
                         tracing::warn!(seq = single.messages.first().map(|m| m.stream_seq), %reason, "dead-lettering a message");
-                        single.metrics.clear();
-                        single.metric_rows = 0;
+                        for buffer in &mut single.buffers {
+                            buffer.clear();
+                        }
+                        single.row_counts = [0; 4];
                         if let Some(m) = single.messages.first_mut() {
-                            m.rows = 0..0;
-                            m.row_count = 0;
+                            m.rows = [0, 0, 0, 0].map(|z| z..z);
+                            m.row_count = [0; 4];
                             match m.dead_letter {
                                 Some(i) => {
                                     if let Some(d) = single.dead_letters.get_mut(i) {
@@ -242,18 +271,43 @@ impl Writer {
         if !seqs.is_empty() {
             ledger::record(&tx, names, self.key, &seqs).await?;
         }
-        if work.metric_rows > 0 {
-            let sink = tx.copy_in(&self.copy_sql).await?;
+        for table in Table::ALL {
+            if work.rows(table) == 0 {
+                continue;
+            }
+            let copy_sql = &self.copy_sql[table as usize];
+            if table == Table::Spans {
+                // A span published again after the stream's duplicate window is a new
+                // message to JetStream; the unique (trace_id, span_id, time) index makes it
+                // the same row to the database.
+                tx.batch_execute(&format!(
+                    "CREATE TEMP TABLE IF NOT EXISTS jetscale_spans_stage (LIKE {} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
+                    names.spans
+                ))
+                .await?;
+            }
+            let sink = tx.copy_in(copy_sql.as_str()).await?;
             futures::pin_mut!(sink);
             sink.feed(Bytes::from_static(HEADER)).await?;
-            sink.feed(Bytes::copy_from_slice(&work.metrics)).await?;
+            sink.feed(Bytes::copy_from_slice(work.buffer(table)))
+                .await?;
             sink.feed(Bytes::from_static(TRAILER)).await?;
             sink.finish().await?;
+            if table == Table::Spans {
+                tx.execute(
+                    &format!(
+                        "INSERT INTO {} SELECT * FROM jetscale_spans_stage ON CONFLICT (trace_id, span_id, time) DO NOTHING",
+                        names.spans
+                    ),
+                    &[],
+                )
+                .await?;
+            }
         }
         if !work.dead_letters.is_empty() {
             insert_dead_letters(&tx, names, &self.stream, &work.dead_letters).await?;
         }
-        if native_rollup && work.metric_rows > 0 {
+        if native_rollup && work.rows(Table::Metrics) > 0 {
             let hours: Vec<SystemTime> = work
                 .hours
                 .iter()
@@ -273,7 +327,7 @@ impl Writer {
             .await?;
         }
         tx.commit().await?;
-        outcome.rows = work.metric_rows;
+        outcome.rows = work.row_counts.iter().sum();
         outcome.messages = work.messages.len();
         outcome.dead_letters = work.dead_letters.len();
         outcome.published_ns = work.messages.iter().map(|m| m.published_ns).collect();
@@ -286,6 +340,7 @@ impl Writer {
 pub async fn ensure_partition_range(
     client: &Client,
     names: &Names,
+    table: Table,
     from_us: i64,
     to_us: i64,
     width: Duration,
@@ -302,7 +357,7 @@ pub async fn ensure_partition_range(
                 "SELECT {}.jetscale_ensure_partitions($1, $2, $3, $4::text::interval)",
                 names.schema
             ),
-            &[&names.table, &from, &to, &width_secs],
+            &[&names.plain(table), &from, &to, &width_secs],
         )
         .await?;
     Ok(row.get(0))
