@@ -719,7 +719,6 @@ mod tests {
 
         // A paused server answers nothing; stopping it still works (SIGCONT follows SIGTERM).
         server.pause();
-        assert!(http_get(server.monitor_port, "/healthz").await.is_err());
         let stopping = Instant::now();
         server.stop().await;
         assert!(stopping.elapsed() < STOP_GRACE, "SIGTERM was not delivered");
