@@ -42,14 +42,17 @@ pub async fn run(global: &Global, args: Args) -> anyhow::Result<()> {
     let report = pipeline::run(&settings, &options, counters, super::shutdown_signal()).await;
     reporter.abort();
     let report = report?;
+    let ms = |d: Option<Duration>| d.map_or("-".to_owned(), |d| format!("{:.0}ms", d.as_secs_f64() * 1e3));
     println!(
-        "collected {} messages ({} rows, {} dead letters, {} duplicates skipped) in {:.1}s: {:.0} rows/s",
+        "collected {} messages ({} rows, {} dead letters, {} duplicates skipped) in {:.1}s: {:.0} rows/s; publish-to-commit latency p50 {} p99 {}",
         report.messages,
         report.rows,
         report.dead_letters,
         report.duplicates,
         report.elapsed.as_secs_f64(),
-        report.rows as f64 / report.elapsed.as_secs_f64().max(0.001)
+        report.rows as f64 / report.elapsed.as_secs_f64().max(0.001),
+        ms(report.latency_p50),
+        ms(report.latency_p99),
     );
     Ok(())
 }

@@ -9,7 +9,7 @@
 //! `Nats-Msg-Id: {device_id}-{seq}-{run nonce}`, so re-publishing after a lost or failed ack is
 //! safe within the stream's duplicate window, and two runs never collide.
 
-mod fleet;
+pub mod fleet;
 pub mod payload;
 
 use std::cmp::Reverse;

@@ -1,0 +1,554 @@
+//! The end-to-end benchmark harness (issue 6). One command, `scripts/bench.sh`, runs it:
+//!
+//! 1. database ceiling: the seed workload's rows, pre-encoded, written by binary COPY straight
+//!    into the same table (same indexes, same partitions): no NATS, no decoding;
+//! 2. stream ceiling: the same pre-filled stream drained by a bare fetch-and-ack consumer, and
+//!    publishing and consuming at once;
+//! 3. jetscale drain: the real `jetscale collect` binary with its default config draining the
+//!    pre-filled stream, with its peak RSS;
+//! 4. naive consumer: a nats-py + psycopg `executemany` consumer into the seed's layout;
+//! 5. live capacity: the simulator at set rates while the collector runs;
+//!
+//! then prints a table, writes `target/bench/results.json`, and ends with the drain ÷ ceiling
+//! ratio. The decode micro-benchmark is `cargo bench -p jetscale --bench decode`.
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use futures::StreamExt;
+use jetscale::config::{self, Encoding, Limits, Overrides, Settings};
+use jetscale::decode::{DecodeContext, Incoming};
+use jetscale::dev::{NatsServer, NatsServerOptions, PostgresCluster, PostgresOptions};
+use jetscale::process::batch::{Batch, Delivery};
+use jetscale::process::Table;
+use jetscale::simulate::{self, fleet::Fleet, SimulateOptions};
+use jetscale::store::{self, schema};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant, SystemTime};
+
+#[derive(Debug, Parser)]
+#[command(about = "jetscale end-to-end benchmarks")]
+struct Args {
+    /// Messages in the pre-filled stream (3 points each).
+    #[arg(long, default_value_t = 1_000_000)]
+    messages: u64,
+    /// Messages for the database ceiling (pre-encoded in memory).
+    #[arg(long, default_value_t = 300_000)]
+    ceiling_messages: u64,
+    /// Messages the naive Python consumer drains (it is slow; its rate is what counts).
+    #[arg(long, default_value_t = 100_000)]
+    naive_messages: u64,
+    /// Live-capacity rates to try, messages/s (devices = rate × 10 at a 10 s interval).
+    #[arg(long, value_delimiter = ',', default_value = "20000,30000,40000,50000")]
+    live_rates: Vec<u64>,
+    /// Seconds per live-capacity step.
+    #[arg(long, default_value_t = 20)]
+    live_seconds: u64,
+    #[arg(long)]
+    skip_naive: bool,
+    #[arg(long)]
+    skip_live: bool,
+    /// Where servers keep data and results are written.
+    #[arg(long, default_value = "target/bench")]
+    dir: PathBuf,
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+fn settings(nats: &str, db: &str) -> Result<Settings> {
+    Ok(config::defaults(&Overrides {
+        nats_url: Some(nats.to_owned()),
+        database_url: Some(db.to_owned()),
+        replicas: Some(1),
+    })?)
+}
+
+fn jetscale_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let candidate = exe.with_file_name("jetscale");
+    if candidate.exists() {
+        Ok(candidate)
+    } else {
+        bail!("{} not found: build it with cargo build --release -p jetscale", candidate.display())
+    }
+}
+
+/// Peak resident memory of a process, from /proc (VmHWM), in KiB.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let machine = format!(
+        "{} cores, {:.0} GiB",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        mem_gib()
+    );
+    std::fs::create_dir_all(&args.dir)?;
+    let stack_dir = args.dir.join("stack");
+    let _ = std::fs::remove_dir_all(&stack_dir);
+    std::fs::create_dir_all(&stack_dir)?;
+    let stack_dir = stack_dir.canonicalize()?;
+    eprintln!("bench: starting private nats-server and PostgreSQL under {}", stack_dir.display());
+    let nats = NatsServer::start(NatsServerOptions {
+        dir: stack_dir.join("nats"),
+        ..Default::default()
+    })
+    .await?;
+    let pg = PostgresCluster::start(PostgresOptions {
+        dir: stack_dir.join("pg"),
+        port: None,
+    })
+    .await?;
+
+    let mut results = serde_json::Map::new();
+    results.insert("machine".into(), json!(machine));
+    results.insert("messages".into(), json!(args.messages));
+
+    // 1. Database ceiling.
+    let ceiling_db = pg.create_database("ceiling").await?;
+    let ceiling = database_ceiling(&nats.url(), &ceiling_db, args.ceiling_messages).await?;
+    eprintln!("bench: database ceiling {:.0} rows/s (best of 1 and 2 connections)", ceiling);
+    results.insert("database_ceiling_rows_per_s".into(), json!(ceiling));
+
+    // 2. Stream: pre-fill, then a bare consumer.
+    let s = settings(&nats.url(), &ceiling_db)?;
+    let client = jetscale::stream::connect(&s.nats, "bench").await?;
+    let js = async_nats::jetstream::new(client.clone());
+    let (_, stream) = jetscale::stream::ensure_stream(&js, &s.stream).await?;
+    let devices = 10_000u32;
+    let started = Instant::now();
+    let published = simulate::run(
+        js.clone(),
+        &SimulateOptions {
+            devices,
+            count: Some(args.messages.div_ceil(u64::from(devices))),
+            interval: Duration::ZERO,
+            ..Default::default()
+        },
+        |_| {},
+    )
+    .await?;
+    let publish_rate = published.acked as f64 / started.elapsed().as_secs_f64();
+    eprintln!("bench: pre-filled {} messages at {:.0} msg/s", published.acked, publish_rate);
+    results.insert("publish_msgs_per_s".into(), json!(publish_rate));
+    let total = published.acked;
+
+    let bare = bare_drain(&stream, "bare", total).await?;
+    eprintln!("bench: bare fetch-and-ack drain {:.0} msg/s", bare);
+    results.insert("stream_ceiling_msgs_per_s".into(), json!(bare));
+
+    // 3. jetscale drain.
+    let drain_db = pg.create_database("drain").await?;
+    let (drain_secs, rss_kib) = jetscale_drain(&nats.url(), &drain_db, &stream, total).await?;
+    let drain_points = (total * 3) as f64 / drain_secs;
+    eprintln!(
+        "bench: jetscale drain {:.0} points/s ({:.0} msg/s), peak RSS {} MiB",
+        drain_points,
+        total as f64 / drain_secs,
+        rss_kib / 1024
+    );
+    results.insert("jetscale_drain_points_per_s".into(), json!(drain_points));
+    results.insert("jetscale_peak_rss_mib".into(), json!(rss_kib as f64 / 1024.0));
+
+    // 2b. Publishing and consuming at once (fresh messages, a consumer from "new").
+    let both = publish_and_consume(&js, &stream, 200_000.min(total)).await?;
+    eprintln!("bench: publish and consume at once {:.0} msg/s", both);
+    results.insert("publish_and_consume_msgs_per_s".into(), json!(both));
+
+    // 4. Naive consumer.
+    let naive = if args.skip_naive {
+        None
+    } else {
+        let naive_db = pg.create_database("naive").await?;
+        let rate = naive_consumer(&nats.url(), &naive_db, args.naive_messages).await?;
+        eprintln!("bench: naive nats-py + psycopg consumer {:.0} points/s", rate);
+        results.insert("naive_points_per_s".into(), json!(rate));
+        Some(rate)
+    };
+
+    // 5. Live capacity.
+    if !args.skip_live {
+        let mut best = 0u64;
+        let mut steps = Vec::new();
+        for &rate in &args.live_rates {
+            let db = pg.create_database(&format!("live_{rate}")).await?;
+            let step = live_step(&nats, &db, rate, Duration::from_secs(args.live_seconds)).await?;
+            eprintln!(
+                "bench: live {rate} msg/s ({} devices at 10 s): achieved {:.0} msg/s, lag {} msgs, p99 {:.0} ms -> {}",
+                rate * 10,
+                step.achieved,
+                step.final_lag,
+                step.p99_ms,
+                if step.ok { "ok" } else { "over capacity" }
+            );
+            steps.push(json!({"rate": rate, "devices": rate * 10, "achieved": step.achieved, "lag": step.final_lag, "p99_ms": step.p99_ms, "ok": step.ok}));
+            if step.ok {
+                best = best.max(rate);
+            } else {
+                break;
+            }
+        }
+        results.insert("live_steps".into(), json!(steps));
+        results.insert("live_capacity_devices_at_10s".into(), json!(best * 10));
+    }
+
+    let lower_ceiling = ceiling.min(bare * 3.0);
+    let ratio = drain_points / lower_ceiling;
+    results.insert("drain_over_lower_ceiling".into(), json!(ratio));
+    if let Some(n) = naive {
+        results.insert("drain_over_naive".into(), json!(drain_points / n));
+    }
+    let out = args.dir.join("results.json");
+    std::fs::write(&out, serde_json::to_string_pretty(&serde_json::Value::Object(results.clone()))?)?;
+
+    println!();
+    println!("jetscale benchmarks ({machine}; {} messages x 3 points)", args.messages);
+    println!("{:<44} {:>14}", "measure", "value");
+    let row = |name: &str, value: String| println!("{name:<44} {value:>14}");
+    row("database ceiling (binary COPY, rows/s)", format!("{ceiling:.0}"));
+    row("stream ceiling (bare fetch+ack, msg/s)", format!("{bare:.0}"));
+    row("stream ceiling (points/s)", format!("{:.0}", bare * 3.0));
+    row("publish alone (msg/s)", format!("{publish_rate:.0}"));
+    row("publish + consume at once (msg/s)", format!("{both:.0}"));
+    row("jetscale drain (points/s)", format!("{drain_points:.0}"));
+    row("jetscale peak RSS (MiB)", format!("{:.1}", rss_kib as f64 / 1024.0));
+    if let Some(n) = naive {
+        row("naive consumer (points/s)", format!("{n:.0}"));
+        row("drain / naive", format!("{:.2}", drain_points / n));
+    }
+    if let Some(d) = results.get("live_capacity_devices_at_10s") {
+        row("live capacity (devices at 10 s)", d.to_string());
+    }
+    println!("results: {}", out.display());
+    println!("drain / lower ceiling = {ratio:.2}");
+    drop(pg);
+    drop(nats);
+    Ok(())
+}
+
+fn mem_gib() -> f64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0 / 1024.0)
+}
+
+/// Rows of the seed workload encoded as the collector encodes them, then COPYed with no
+/// NATS and no decoding in the timed part.
+async fn database_ceiling(nats_url: &str, db_url: &str, messages: u64) -> Result<f64> {
+    let s = settings(nats_url, db_url)?;
+    let mut client = store::connect(&s.store).await?;
+    schema::migrate(&mut client, &s.store).await?;
+    let names = schema::Names::new(&s.store);
+    store::maintenance::partitions_ahead(&client, &names, &s.store, Duration::from_secs(3600)).await?;
+    let limits = Limits::default();
+    let ctx = DecodeContext::now(&limits, &[], Encoding::Auto);
+    let mut fleet = Fleet::new(&SimulateOptions {
+        devices: 10_000,
+        ..Default::default()
+    });
+    let subject = async_nats::Subject::from_static("telemetry.metrics.x");
+    let reply = async_nats::Subject::from_static("$JS.ACK.x");
+    let mut batches = Vec::new();
+    let mut batch = Batch::new(3_600_000_000, 15_000);
+    let start = now_ns() - 600_000_000_000;
+    for i in 0..messages {
+        let mut payload = Vec::new();
+        fleet.next_message((i % 10_000) as usize, start + i as i64 * 1000, &mut payload);
+        let payload = bytes::Bytes::from(payload);
+        let msg = Incoming {
+            subject: subject.as_str(),
+            content_type: None,
+            format_header: None,
+            payload: &payload,
+        };
+        let _ = batch.add(
+            &msg,
+            Delivery {
+                stream_seq: i + 1,
+                reply: reply.clone(),
+                headers_json: "{}",
+                published_ns: 0,
+                subject: subject.clone(),
+                payload: payload.clone(),
+            },
+            &ctx,
+        );
+        if batch.weight() >= 15_000 {
+            batches.push(std::mem::replace(&mut batch, Batch::new(3_600_000_000, 15_000)));
+        }
+    }
+    batches.push(batch);
+    let rows: usize = batches.iter().map(|b| b.rows(Table::Metrics)).sum();
+    let copy_sql = format!(
+        "COPY {} (time, device_id, location, metric_name, value, unit, attributes) FROM STDIN (FORMAT binary)",
+        names.metrics
+    );
+    let mut best = 0.0f64;
+    for connections in [1usize, 2] {
+        client.batch_execute(&format!("TRUNCATE {}", names.metrics)).await?;
+        let mut clients = Vec::new();
+        for _ in 0..connections {
+            clients.push(store::connect(&s.store).await?);
+        }
+        let chunks: Vec<Vec<Vec<u8>>> = (0..connections)
+            .map(|c| {
+                batches
+                    .iter()
+                    .skip(c)
+                    .step_by(connections)
+                    .map(|b| b.buffer(Table::Metrics).to_vec())
+                    .collect()
+            })
+            .collect();
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for (mut client, mine) in clients.into_iter().zip(chunks) {
+            let sql = copy_sql.clone();
+            tasks.push(tokio::spawn(async move {
+                for rows in mine {
+                    let tx = client.transaction().await?;
+                    let sink = tx.copy_in(sql.as_str()).await?;
+                    futures::pin_mut!(sink);
+                    use futures::SinkExt;
+                    sink.feed(bytes::Bytes::from_static(store::copy::HEADER)).await?;
+                    sink.feed(bytes::Bytes::from(rows)).await?;
+                    sink.feed(bytes::Bytes::from_static(store::copy::TRAILER)).await?;
+                    sink.finish().await?;
+                    tx.commit().await?;
+                }
+                Ok::<_, tokio_postgres::Error>(())
+            }));
+        }
+        for t in tasks {
+            t.await??;
+        }
+        let rate = rows as f64 / started.elapsed().as_secs_f64();
+        eprintln!("bench: database ceiling with {connections} connection(s): {rate:.0} rows/s");
+        best = best.max(rate);
+    }
+    client.batch_execute(&format!("TRUNCATE {}", names.metrics)).await?;
+    Ok(best)
+}
+
+/// A durable consumer that fetches and acks, decoding and storing nothing.
+async fn bare_drain(
+    stream: &async_nats::jetstream::stream::Stream,
+    name: &str,
+    total: u64,
+) -> Result<f64> {
+    use async_nats::jetstream::consumer::{pull, AckPolicy};
+    let consumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some(name.to_owned()),
+            ack_policy: AckPolicy::Explicit,
+            max_ack_pending: 50_000,
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(1000)
+        .messages()
+        .await?;
+    let started = Instant::now();
+    let mut seen = 0u64;
+    while seen < total {
+        let Some(m) = messages.next().await else { break };
+        let m = m.map_err(|e| anyhow::anyhow!("{e}"))?;
+        m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        seen += 1;
+    }
+    Ok(seen as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Runs the real collector binary over the pre-filled stream; returns seconds until every
+/// message was acknowledged (so committed), and its peak RSS.
+async fn jetscale_drain(
+    nats_url: &str,
+    db_url: &str,
+    stream: &async_nats::jetstream::stream::Stream,
+    total: u64,
+) -> Result<(f64, u64)> {
+    let started = Instant::now();
+    let mut child = tokio::process::Command::new(jetscale_binary()?)
+        .args(["collect", "--exit-when-idle", "3s", "--nats-url", nats_url, "--database-url", db_url])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting jetscale collect")?;
+    let pid = child.id().unwrap_or(0);
+    let mut peak = 0u64;
+    let mut done_at = None;
+    loop {
+        if let Some(kib) = peak_rss_kib(pid) {
+            peak = peak.max(kib);
+        }
+        if done_at.is_none() {
+            if let Ok(info) = stream.consumer_info("jetscale").await {
+                if info.ack_floor.stream_sequence >= total && info.num_ack_pending == 0 {
+                    done_at = Some(started.elapsed());
+                }
+            }
+        }
+        if let Some(status) = child.try_wait()? {
+            if !status.success() {
+                bail!("jetscale collect exited with {status}");
+            }
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let secs = done_at
+        .context("the collector exited before acknowledging every message")?
+        .as_secs_f64();
+    Ok((secs, peak))
+}
+
+async fn publish_and_consume(
+    js: &async_nats::jetstream::Context,
+    stream: &async_nats::jetstream::stream::Stream,
+    count: u64,
+) -> Result<f64> {
+    use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+    let consumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some("both".into()),
+            ack_policy: AckPolicy::Explicit,
+            deliver_policy: DeliverPolicy::New,
+            max_ack_pending: 50_000,
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer.stream().max_messages_per_batch(1000).messages().await?;
+    let started = Instant::now();
+    let publisher = {
+        let js = js.clone();
+        tokio::spawn(async move {
+            simulate::run(
+                js,
+                &SimulateOptions {
+                    devices: 10_000,
+                    count: Some(count / 10_000),
+                    interval: Duration::ZERO,
+                    seed: 9,
+                    ..Default::default()
+                },
+                |_| {},
+            )
+            .await
+        })
+    };
+    let expected = (count / 10_000) * 10_000;
+    let mut seen = 0;
+    while seen < expected {
+        let Some(m) = messages.next().await else { break };
+        let m = m.map_err(|e| anyhow::anyhow!("{e}"))?;
+        m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        seen += 1;
+    }
+    publisher.await??;
+    Ok(seen as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn naive_consumer(nats_url: &str, db_url: &str, count: u64) -> Result<f64> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("naive_consumer.py");
+    let out = tokio::process::Command::new("python3")
+        .arg(script)
+        .args(["--nats", nats_url, "--db", db_url, "--count", &count.to_string()])
+        .output()
+        .await
+        .context("running bench/naive_consumer.py (pip install nats-py psycopg[binary])")?;
+    if !out.status.success() {
+        bail!("naive consumer failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("points_per_s ").and_then(|v| v.trim().parse().ok()))
+        .context("naive consumer printed no rate")
+}
+
+struct LiveStep {
+    achieved: f64,
+    final_lag: u64,
+    p99_ms: f64,
+    ok: bool,
+}
+
+/// The simulator at `rate` msg/s (devices = rate × 10 at a 10 s interval) while the collector
+/// runs; bounded lag and p99 publish-to-commit latency under 2 s pass.
+async fn live_step(nats: &NatsServer, db_url: &str, rate: u64, length: Duration) -> Result<LiveStep> {
+    let s = settings(&nats.url(), db_url)?;
+    let client = jetscale::stream::connect(&s.nats, "bench-live").await?;
+    let js = async_nats::jetstream::new(client);
+    let stream = js.get_stream("TELEMETRY").await?;
+    stream.purge().await?;
+    let _ = stream.delete_consumer("jetscale").await;
+    let collector = tokio::process::Command::new(jetscale_binary()?)
+        .args(["collect", "--nats-url", &nats.url(), "--database-url", db_url])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let devices = u32::try_from(rate * 10).unwrap_or(u32::MAX);
+    let report = simulate::run(
+        js.clone(),
+        &SimulateOptions {
+            devices,
+            duration: Some(length),
+            interval: Duration::from_secs(10),
+            seed: rate,
+            ..Default::default()
+        },
+        |_| {},
+    )
+    .await?;
+    let achieved = report.acked as f64 / report.elapsed.as_secs_f64();
+    // Lag right after publishing stops: what the collector still has to do.
+    let info = stream.consumer_info("jetscale").await?;
+    let final_lag = info.num_pending + info.num_ack_pending as u64;
+    // Let it finish, then stop it and read its latency line.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    if let Some(pid) = collector.id() {
+        // SIGTERM: the collector finishes its batches and prints its summary line.
+        // SAFETY: kill(2) on our own child's pid has no memory effects.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGTERM);
+        }
+    }
+    let out = collector.wait_with_output().await?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let p99_ms = text
+        .split("p99 ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|v| v.trim_end_matches("ms").parse::<f64>().ok())
+        .unwrap_or(f64::INFINITY);
+    let ok = final_lag < rate * 2 && p99_ms < 2000.0 && achieved > rate as f64 * 0.9;
+    Ok(LiveStep {
+        achieved,
+        final_lag,
+        p99_ms,
+        ok,
+    })
+}
+
