@@ -285,7 +285,7 @@ async fn database_ceiling(nats_url: &str, db_url: &str, messages: u64) -> Result
             Delivery {
                 stream_seq: i + 1,
                 reply: reply.clone(),
-                headers_json: "{}",
+                headers: None,
                 published_ns: 0,
                 subject: subject.clone(),
                 payload: payload.clone(),

@@ -86,7 +86,7 @@ fn bench(c: &mut Criterion) {
                         Delivery {
                             stream_seq: i as u64 + 1,
                             reply: reply.clone(),
-                            headers_json: "{}",
+                            headers: None,
                             published_ns: 0,
                             subject: subject.clone(),
                             payload: p.clone(),

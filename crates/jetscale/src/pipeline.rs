@@ -248,11 +248,10 @@ async fn fetch_loop(
                     format_header: header("Jetscale-Format"),
                     payload: &message.payload,
                 };
-                let headers_json = headers.map(headers_to_json).unwrap_or_else(|| "{}".to_owned());
                 let delivery = Delivery {
                     stream_seq,
                     reply,
-                    headers_json: &headers_json,
+                    headers,
                     published_ns,
                     subject: message.subject.clone(),
                     payload: message.payload.clone(),
@@ -296,19 +295,6 @@ async fn fetch_loop(
         let _ = batch_tx.send(batch).await;
     }
     Ok(())
-}
-
-/// Message headers as a JSON object, for dead letters.
-fn headers_to_json(headers: &async_nats::HeaderMap) -> String {
-    let mut map = serde_json::Map::new();
-    for (name, values) in headers.iter() {
-        let values: Vec<serde_json::Value> = values
-            .iter()
-            .map(|v| serde_json::Value::String(v.as_str().to_owned()))
-            .collect();
-        map.insert(name.to_string(), serde_json::Value::Array(values));
-    }
-    serde_json::Value::Object(map).to_string()
 }
 
 async fn write_loop(

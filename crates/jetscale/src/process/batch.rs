@@ -188,7 +188,7 @@ impl Batch {
         self.dead_letters.push(DeadLetter {
             stream_seq: meta.stream_seq,
             subject: msg.subject.to_owned(),
-            headers: meta.headers_json.to_owned(),
+            headers: meta.headers.map_or_else(|| "{}".to_owned(), headers_to_json),
             reason: reason.to_owned(),
             payload: msg.payload[..msg.payload.len().min(DEAD_LETTER_PAYLOAD_CAP)].to_vec(),
             payload_size: msg.payload.len(),
@@ -259,7 +259,8 @@ impl Batch {
 pub struct Delivery<'a> {
     pub stream_seq: u64,
     pub reply: async_nats::Subject,
-    pub headers_json: &'a str,
+    /// Rendered as JSON only if the message is dead-lettered.
+    pub headers: Option<&'a async_nats::HeaderMap>,
     pub published_ns: i64,
     pub subject: async_nats::Subject,
     pub payload: bytes::Bytes,
@@ -384,4 +385,17 @@ impl RecordSink for BatchSink<'_> {
             .text_or_null(l.error);
         Ok(())
     }
+}
+
+/// Message headers as a JSON object of arrays, for dead letters.
+fn headers_to_json(headers: &async_nats::HeaderMap) -> String {
+    let mut map = serde_json::Map::new();
+    for (name, values) in headers.iter() {
+        let values: Vec<serde_json::Value> = values
+            .iter()
+            .map(|v| serde_json::Value::String(v.as_str().to_owned()))
+            .collect();
+        map.insert(name.to_string(), serde_json::Value::Array(values));
+    }
+    serde_json::Value::Object(map).to_string()
 }
