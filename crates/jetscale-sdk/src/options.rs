@@ -1,0 +1,554 @@
+//! How a [`Publisher`] connects and publishes: credentials and TLS (the options of
+//! `async_nats::ConnectOptions` a device needs), the in-flight limit, the ack timeout and the
+//! retry policy.
+
+use crate::error::redact_url;
+use crate::{Error, Publisher};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How often and how patiently an unacknowledged message is sent again.
+///
+/// Only transient failures are retried (no ack within the ack timeout, no stream answering,
+/// the connection lost while waiting); each retry sends the same `Nats-Msg-Id`, so a message
+/// the stream did store the first time is not stored twice.
+///
+/// # Examples
+///
+/// ```
+/// use jetscale_sdk::RetryPolicy;
+/// use std::time::Duration;
+///
+/// let policy = RetryPolicy {
+///     attempts: 6,
+///     initial_backoff: Duration::from_millis(50),
+///     ..RetryPolicy::default()
+/// };
+/// assert!(policy.backoff(1) <= Duration::from_millis(50));
+/// assert!(policy.backoff(30) <= policy.max_backoff);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Sends per message, the first included; 1 disables retries. Default 4.
+    pub attempts: u32,
+    /// Wait before the first retry; doubled for each next one. Default 100 ms.
+    pub initial_backoff: Duration,
+    /// Upper bound of the wait. Default 2 s.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 4,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// A policy that sends every message once.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert_eq!(jetscale_sdk::RetryPolicy::none().attempts, 1);
+    /// ```
+    pub fn none() -> RetryPolicy {
+        RetryPolicy {
+            attempts: 1,
+            ..RetryPolicy::default()
+        }
+    }
+
+    /// The wait before retry number `retry` (1 for the first): exponential, capped at
+    /// `max_backoff`, with jitter between half and all of it so publishers that failed
+    /// together do not retry together.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use jetscale_sdk::RetryPolicy;
+    /// use std::time::Duration;
+    ///
+    /// let policy = RetryPolicy::default();
+    /// let wait = policy.backoff(2);
+    /// assert!(wait >= Duration::from_millis(100) && wait <= Duration::from_millis(200));
+    /// ```
+    pub fn backoff(&self, retry: u32) -> Duration {
+        let exponent = retry.saturating_sub(1).min(20);
+        let full = self
+            .initial_backoff
+            .saturating_mul(1u32 << exponent)
+            .min(self.max_backoff);
+        full.mul_f64(0.5 + fastrand::f64() * 0.5)
+    }
+}
+
+/// Connection and publishing options, filled with setters that take `mut self`, ended by
+/// [`connect`](PublisherOptions::connect) or [`build`](PublisherOptions::build).
+///
+/// # Examples
+///
+/// ```no_run
+/// use jetscale_sdk::PublisherOptions;
+/// use std::time::Duration;
+///
+/// # async fn run() -> Result<(), jetscale_sdk::Error> {
+/// let publisher = PublisherOptions::new()
+///     .user_and_password("device", "s3cret")
+///     .ca_file("/etc/nats/ca.pem")
+///     .max_in_flight(1024)
+///     .ack_timeout(Duration::from_secs(2))
+///     .connect("tls://nats.example.com:4222")
+///     .await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct PublisherOptions {
+    name: String,
+    user_password: Option<(String, String)>,
+    token: Option<String>,
+    nkey_file: Option<PathBuf>,
+    creds_file: Option<PathBuf>,
+    require_tls: bool,
+    ca_file: Option<PathBuf>,
+    client_cert: Option<(PathBuf, PathBuf)>,
+    connection_timeout: Duration,
+    retry_on_initial_connect: bool,
+    pub(crate) max_in_flight: usize,
+    pub(crate) ack_timeout: Duration,
+    pub(crate) retry: RetryPolicy,
+}
+
+impl Default for PublisherOptions {
+    fn default() -> Self {
+        PublisherOptions {
+            name: "jetscale-sdk".to_owned(),
+            user_password: None,
+            token: None,
+            nkey_file: None,
+            creds_file: None,
+            require_tls: false,
+            ca_file: None,
+            client_cert: None,
+            connection_timeout: Duration::from_secs(5),
+            retry_on_initial_connect: false,
+            max_in_flight: 256,
+            ack_timeout: Duration::from_secs(5),
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+impl PublisherOptions {
+    /// The defaults: no credentials, 256 messages in flight, 5 s ack timeout, 4 attempts.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let options = jetscale_sdk::PublisherOptions::new();
+    /// # let _ = options;
+    /// ```
+    pub fn new() -> PublisherOptions {
+        PublisherOptions::default()
+    }
+
+    /// The connection name the server shows in its monitoring (default `jetscale-sdk`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let options = jetscale_sdk::PublisherOptions::new().name("sensor-001");
+    /// # let _ = options;
+    /// ```
+    pub fn name(mut self, name: impl Into<String>) -> PublisherOptions {
+        self.name = name.into();
+        self
+    }
+
+    /// Authenticates with a user and password (seed 000's `device` user).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let options = jetscale_sdk::PublisherOptions::new().user_and_password("device", "s3cret");
+    /// # let _ = options;
+    /// ```
+    pub fn user_and_password(
+        mut self,
+        user: impl Into<String>,
+        password: impl Into<String>,
+    ) -> PublisherOptions {
+        self.user_password = Some((user.into(), password.into()));
+        self
+    }
+
+    /// Authenticates with a token.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let options = jetscale_sdk::PublisherOptions::new().token("t0ken");
+    /// # let _ = options;
+    /// ```
+    pub fn token(mut self, token: impl Into<String>) -> PublisherOptions {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Authenticates with the NKey seed read from a file when connecting.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let options = jetscale_sdk::PublisherOptions::new().nkey_file("/etc/nats/device.nk");
+    /// # let _ = options;
+    /// ```
+    pub fn nkey_file(mut self, path: impl Into<PathBuf>) -> PublisherOptions {
+        self.nkey_file = Some(path.into());
+        self
+    }
+
+    /// Authenticates with a `.creds` file (JWT and NKey seed) read when connecting.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let options = jetscale_sdk::PublisherOptions::new().credentials_file("/etc/nats/device.creds");
+    /// # let _ = options;
+    /// ```
+    pub fn credentials_file(mut self, path: impl Into<PathBuf>) -> PublisherOptions {
+        self.creds_file = Some(path.into());
+        self
+    }
+
+    /// Refuses to connect without TLS (implied by [`ca_file`](Self::ca_file) and
+    /// [`client_certificate`](Self::client_certificate), and by a `tls://` URL).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let options = jetscale_sdk::PublisherOptions::new().require_tls(true);
+    /// # let _ = options;
+    /// ```
+    pub fn require_tls(mut self, required: bool) -> PublisherOptions {
+        self.require_tls = required;
+        self
+    }
+
+    /// Trusts the CA certificates of a PEM file (besides the system's).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let options = jetscale_sdk::PublisherOptions::new().ca_file("/etc/nats/ca.pem");
+    /// # let _ = options;
+    /// ```
+    pub fn ca_file(mut self, path: impl Into<PathBuf>) -> PublisherOptions {
+        self.ca_file = Some(path.into());
+        self.require_tls = true;
+        self
+    }
+
+    /// Presents a client certificate and its key (PEM files) for mutual TLS.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let options = jetscale_sdk::PublisherOptions::new()
+    ///     .client_certificate("/etc/nats/device.pem", "/etc/nats/device-key.pem");
+    /// # let _ = options;
+    /// ```
+    pub fn client_certificate(
+        mut self,
+        cert: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+    ) -> PublisherOptions {
+        self.client_cert = Some((cert.into(), key.into()));
+        self.require_tls = true;
+        self
+    }
+
+    /// How long the first connection may take (default 5 s).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let options = jetscale_sdk::PublisherOptions::new().connection_timeout(Duration::from_secs(2));
+    /// # let _ = options;
+    /// ```
+    pub fn connection_timeout(mut self, timeout: Duration) -> PublisherOptions {
+        self.connection_timeout = timeout;
+        self
+    }
+
+    /// Returns from [`connect`](Self::connect) at once even when the server is not reachable
+    /// yet, and keeps trying in the background (for a device that boots before the network).
+    /// Publishes fail until then, and are retried by the [`RetryPolicy`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let options = jetscale_sdk::PublisherOptions::new().retry_on_initial_connect(true);
+    /// # let _ = options;
+    /// ```
+    pub fn retry_on_initial_connect(mut self, retry: bool) -> PublisherOptions {
+        self.retry_on_initial_connect = retry;
+        self
+    }
+
+    /// How many messages may wait for their ack at once (default 256, at least 1). A publish
+    /// beyond it waits for a slot, which is what paces a high-rate publisher to what the
+    /// stream absorbs.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let options = jetscale_sdk::PublisherOptions::new().max_in_flight(4096);
+    /// # let _ = options;
+    /// ```
+    pub fn max_in_flight(mut self, max: usize) -> PublisherOptions {
+        self.max_in_flight = max.max(1);
+        self
+    }
+
+    /// How long to wait for the stream's ack before the attempt counts as timed out
+    /// (default 5 s).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let options = jetscale_sdk::PublisherOptions::new().ack_timeout(Duration::from_secs(1));
+    /// # let _ = options;
+    /// ```
+    pub fn ack_timeout(mut self, timeout: Duration) -> PublisherOptions {
+        self.ack_timeout = timeout;
+        self
+    }
+
+    /// The retry policy for unacknowledged messages.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let options = jetscale_sdk::PublisherOptions::new().retry(jetscale_sdk::RetryPolicy::none());
+    /// # let _ = options;
+    /// ```
+    pub fn retry(mut self, policy: RetryPolicy) -> PublisherOptions {
+        self.retry = policy;
+        self
+    }
+
+    /// Connects to the server(s) at `url` (comma-separated for a cluster) and returns a
+    /// publisher. After the first connection, reconnection is automatic and unbounded.
+    ///
+    /// Credentials in the URL (`nats://user:password@host`, or `nats://token@host`) are used
+    /// when none were set with [`user_and_password`](Self::user_and_password) or
+    /// [`token`](Self::token); errors show the URL with the password replaced by `***`.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), jetscale_sdk::Error> {
+    /// let publisher = jetscale_sdk::PublisherOptions::new()
+    ///     .credentials_file("/etc/nats/device.creds")
+    ///     .connect("nats://nats-1:4222,nats://nats-2:4222")
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn connect(self, url: &str) -> Result<Publisher, Error> {
+        let addrs = url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(|u| u.parse::<async_nats::ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Error::InvalidUrl {
+                url: redact_url(url),
+                detail: e.to_string(),
+            })?;
+        if addrs.is_empty() {
+            return Err(Error::InvalidUrl {
+                url: String::new(),
+                detail: "no server address".to_owned(),
+            });
+        }
+        let mut this = self;
+        if this.user_password.is_none() && this.token.is_none() {
+            // async-nats does not read credentials from the URL; seed 000's devices put them
+            // there (`nats://device:password@nats:4222`), so take them from the first address
+            // that has some: `user:password@` or a bare `token@`.
+            if let Some(addr) = addrs.iter().find(|a| a.username().is_some()) {
+                let user = percent_decode(addr.username().unwrap_or_default());
+                match addr.password() {
+                    Some(password) => {
+                        this.user_password = Some((user, percent_decode(password)));
+                    }
+                    None => this.token = Some(user),
+                }
+            }
+        }
+        let options = this.connect_options().await?;
+        let client = options
+            .connect(addrs)
+            .await
+            .map_err(|source| Error::Connect {
+                url: redact_url(url),
+                source,
+            })?;
+        Ok(this.build(client))
+    }
+
+    /// A publisher over a client the caller already connected (its own options, its own
+    /// callbacks), with this publishing configuration; the connection options set here are
+    /// not used.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = async_nats::connect("nats://127.0.0.1:4222").await?;
+    /// let publisher = jetscale_sdk::PublisherOptions::new().max_in_flight(2048).build(client);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn build(self, client: async_nats::Client) -> Publisher {
+        Publisher::from_parts(client, self)
+    }
+
+    async fn connect_options(&self) -> Result<async_nats::ConnectOptions, Error> {
+        let mut options = async_nats::ConnectOptions::new()
+            .name(&self.name)
+            .connection_timeout(self.connection_timeout)
+            .max_reconnects(None)
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!(target: "jetscale_sdk", "NATS connection lost; reconnecting")
+                    }
+                    other => tracing::debug!(target: "jetscale_sdk", %other, "NATS event"),
+                }
+            });
+        if let Some((user, password)) = &self.user_password {
+            options = options.user_and_password(user.clone(), password.clone());
+        }
+        if let Some(token) = &self.token {
+            options = options.token(token.clone());
+        }
+        if let Some(path) = &self.nkey_file {
+            let seed =
+                tokio::fs::read_to_string(path)
+                    .await
+                    .map_err(|source| Error::Credentials {
+                        what: "NKey seed file",
+                        path: path.clone(),
+                        source,
+                    })?;
+            options = options.nkey(seed.trim().to_owned());
+        }
+        if let Some(path) = &self.creds_file {
+            options =
+                options
+                    .credentials_file(path)
+                    .await
+                    .map_err(|source| Error::Credentials {
+                        what: "credentials file",
+                        path: path.clone(),
+                        source,
+                    })?;
+        }
+        if self.require_tls {
+            options = options.require_tls(true);
+        }
+        if let Some(ca) = &self.ca_file {
+            options = options.add_root_certificates(ca.clone());
+        }
+        if let Some((cert, key)) = &self.client_cert {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+        if self.retry_on_initial_connect {
+            options = options.retry_on_initial_connect();
+        }
+        Ok(options)
+    }
+}
+
+/// Decodes the `%XX` escapes of a URL's user or password.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_with_jitter() {
+        let policy = RetryPolicy::default();
+        for retry in 1..40 {
+            let full = Duration::from_millis(100)
+                .saturating_mul(1 << (retry - 1).min(20))
+                .min(Duration::from_secs(2));
+            let wait = policy.backoff(retry);
+            assert!(wait >= full / 2 && wait <= full, "{retry}: {wait:?}");
+        }
+    }
+
+    #[test]
+    fn url_credentials_are_percent_decoded() {
+        assert_eq!(percent_decode("p%40ss%3Aw0rd"), "p@ss:w0rd");
+        assert_eq!(percent_decode("plain"), "plain");
+        assert_eq!(percent_decode("50%"), "50%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+    }
+
+    #[test]
+    fn in_flight_is_at_least_one() {
+        assert_eq!(PublisherOptions::new().max_in_flight(0).max_in_flight, 1);
+    }
+
+    #[tokio::test]
+    async fn unreadable_credentials_and_bad_urls_are_reported() {
+        let err = PublisherOptions::new()
+            .nkey_file("/nonexistent/seed.nk")
+            .connect("nats://127.0.0.1:1")
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            Error::Credentials {
+                what: "NKey seed file",
+                ..
+            }
+        ));
+        let err = PublisherOptions::new()
+            .connect("nats://user:pw@[::1")
+            .await
+            .unwrap_err();
+        match err {
+            Error::InvalidUrl { url, .. } => assert!(!url.contains("pw"), "{url}"),
+            other => panic!("{other}"),
+        }
+    }
+}
