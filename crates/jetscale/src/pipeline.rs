@@ -245,7 +245,7 @@ async fn fetch_loop(
                 let incoming = Incoming {
                     subject: message.subject.as_str(),
                     content_type: header("Content-Type"),
-                    format_header: header("Jetscale-Format"),
+                    format_header: header("Jetscale-Format").or_else(|| header("Otlp-Signal")),
                     payload: &message.payload,
                 };
                 let delivery = Delivery {

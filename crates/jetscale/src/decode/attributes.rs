@@ -12,8 +12,18 @@ use std::borrow::Cow;
 pub struct KeyValue<'a> {
     #[serde(borrow)]
     pub key: Cow<'a, str>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "nullable")]
     pub value: AnyValue<'a>,
+}
+
+/// A field that may be written as `null` (some encoders write an absent message that way,
+/// e.g. opentelemetry-proto's serde for `Option` fields): `null` means the default.
+pub fn nullable<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 /// An OTLP `AnyValue`: exactly one of its fields is set (none for an empty value).
@@ -53,6 +63,84 @@ impl AnyValue<'_> {
     pub fn as_str(&self) -> Option<&str> {
         self.string_value.as_deref()
     }
+
+    /// Whether no field is set (an empty value, rendered as `null`).
+    pub fn is_empty(&self) -> bool {
+        self.string_value.is_none()
+            && self.bool_value.is_none()
+            && self.int_value.is_none()
+            && self.double_value.is_none()
+            && self.array_value.is_none()
+            && self.kvlist_value.is_none()
+            && self.bytes_value.is_none()
+    }
+}
+
+/// The start of a string for an error message: at most 40 characters, so a rejection never
+/// repeats a megabyte of input.
+pub fn preview(s: &str) -> String {
+    match s.char_indices().nth(40) {
+        Some((end, _)) => format!("{}…", &s[..end]),
+        None => s.to_owned(),
+    }
+}
+
+/// Appends a plain JSON value (the flat records' `attributes`, `tags`, `fields`, `events`)
+/// to `out`, with the same limits as OTLP attribute values: string length, nesting depth,
+/// and no NUL. Object keys are checked like attribute keys.
+pub fn write_json_value(
+    out: &mut String,
+    value: &serde_json::Value,
+    limits: &Limits,
+    depth: usize,
+) -> Result<(), Rejection> {
+    use serde_json::Value;
+    if depth > limits.max_value_depth {
+        return Err(Rejection::limit(format!(
+            "max_value_depth: value nested deeper than {}",
+            limits.max_value_depth
+        )));
+    }
+    match value {
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                out.push_str(itoa::Buffer::new().format(i));
+            } else if let Some(u) = n.as_u64() {
+                out.push_str(itoa::Buffer::new().format(u));
+            } else {
+                // serde_json only holds finite doubles.
+                out.push_str(ryu::Buffer::new().format_finite(n.as_f64().unwrap_or(0.0)));
+            }
+        }
+        Value::String(s) => {
+            check_len(s, limits)?;
+            write_json_string(out, s)?;
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_json_value(out, v, limits, depth + 1)?;
+            }
+            out.push(']');
+        }
+        Value::Object(map) => {
+            out.push('{');
+            for (i, (k, v)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_key(out, k, limits)?;
+                write_json_value(out, v, limits, depth + 1)?;
+            }
+            out.push('}');
+        }
+    }
+    Ok(())
 }
 
 /// Appends `value` as JSON to `out`, enforcing the value limits.

@@ -5,8 +5,14 @@
 
 pub mod attributes;
 pub mod detect;
+pub mod flat;
 pub mod numbers;
 pub mod otlp_json;
+pub mod otlp_json_logs;
+pub mod otlp_json_traces;
+pub mod otlp_proto;
+#[cfg(test)]
+pub(crate) mod testing;
 
 pub use detect::{detect, Format};
 
@@ -155,11 +161,186 @@ pub fn decode(
             ctx.limits.max_message_bytes
         )));
     }
-    match detect(msg, ctx.encoding)? {
+    let format = detect(msg, ctx.encoding)?;
+    let outcome = match format {
         Format::OtlpJsonMetrics => otlp_json::decode_metrics(msg, ctx, sink),
-        other => Err(Rejection::new(
-            RejectionKind::UnknownFormat,
-            format!("{other:?} is not stored by this collector"),
-        )),
+        Format::OtlpJsonTraces => otlp_json_traces::decode_traces(msg, ctx, sink),
+        Format::OtlpJsonLogs => otlp_json_logs::decode_logs(msg, ctx, sink),
+        Format::OtlpProtoMetrics => otlp_proto::decode_metrics(msg, ctx, sink),
+        Format::OtlpProtoTraces => otlp_proto::decode_traces(msg, ctx, sink),
+        Format::OtlpProtoLogs => otlp_proto::decode_logs(msg, ctx, sink),
+        Format::OtlpProto => otlp_proto::decode_any(msg, ctx, sink),
+        Format::FlatSpan => flat::decode_span(msg, ctx, sink),
+        Format::FlatMetric => flat::decode_metric(msg, ctx, sink),
+        Format::FlatLog => flat::decode_log(msg, ctx, sink),
+    };
+    match outcome {
+        // Protobuf was only a guess (nothing declared it, the payload is not JSON) and the
+        // bytes are not protobuf of the subject's signal: say so, rather than "malformed".
+        Err(rejection)
+            if matches!(
+                format,
+                Format::OtlpProtoMetrics | Format::OtlpProtoTraces | Format::OtlpProtoLogs
+            ) && rejection.kind == RejectionKind::Malformed
+                && rejection.detail.starts_with("OTLP protobuf")
+                && !detect::declares_protobuf(msg, ctx.encoding) =>
+        {
+            Err(Rejection::new(
+                RejectionKind::UnknownFormat,
+                format!(
+                    "not JSON, and not OTLP protobuf of the subject's signal ({}); send a {} or Content-Type header to say what it is",
+                    rejection.detail,
+                    detect::FORMAT_HEADER
+                ),
+            ))
+        }
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{self, Collected};
+    use super::*;
+    use crate::config::Limits;
+
+    fn run(
+        subject: &str,
+        payload: &[u8],
+        content_type: Option<&str>,
+        format_header: Option<&str>,
+    ) -> Result<Collected, Rejection> {
+        let limits = Limits::default();
+        let msg = Incoming {
+            subject,
+            content_type,
+            format_header,
+            payload,
+        };
+        let mut sink = Collected::default();
+        decode(&msg, &testing::ctx(&limits), &mut sink)?;
+        Ok(sink)
+    }
+
+    #[test]
+    fn every_format_reaches_its_decoder() {
+        let json = |name: &str| testing::fixture(name);
+        let got = run(
+            "telemetry.spans.a.b",
+            &json("otel_python_traces.json"),
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(got.spans.len(), 3);
+        let got = run(
+            "telemetry.logs.a.b",
+            &json("otel_python_logs.json"),
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(got.logs.len(), 3);
+        let got = run(
+            "telemetry.metrics.a",
+            &json("otel_python_metrics.json"),
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!((got.metrics.len(), got.distributions.len()), (3, 3));
+        // Protobuf by subject, by header, by Content-Type, and by trial.
+        let pb = json("otel_python_traces.pb");
+        assert_eq!(
+            run("telemetry.spans.a.b", &pb, None, None)
+                .unwrap()
+                .spans
+                .len(),
+            3
+        );
+        assert_eq!(
+            run("x", &pb, None, Some("otlp-proto;signal=traces"))
+                .unwrap()
+                .spans
+                .len(),
+            3
+        );
+        assert_eq!(
+            run(
+                "x",
+                &pb,
+                Some("application/x-protobuf; signal=traces"),
+                None
+            )
+            .unwrap()
+            .spans
+            .len(),
+            3
+        );
+        assert_eq!(run("devices.any", &pb, None, None).unwrap().spans.len(), 3);
+        let pb = json("otel_python_logs.pb");
+        assert_eq!(
+            run("x", &pb, Some("application/x-protobuf"), None)
+                .unwrap()
+                .logs
+                .len(),
+            3
+        );
+        let flat = br#"{"level": "info", "message": "m", "service": "s", "timestamp": "2024-01-15T10:30:01Z"}"#;
+        assert_eq!(
+            run("telemetry.logs.s.info", flat, None, None)
+                .unwrap()
+                .logs
+                .len(),
+            1
+        );
+        let flat = br#"{"name": "n", "type": "gauge", "value": 1, "service": "s", "timestamp": "2024-01-15T10:30:01Z"}"#;
+        assert_eq!(
+            run("x", flat, None, Some("flat-metric"))
+                .unwrap()
+                .metrics
+                .len(),
+            1
+        );
+        let flat = br#"{"trace_id": "t", "span_id": "s", "service": "s", "start_time": "2024-01-15T10:30:01Z"}"#;
+        assert_eq!(run("x", flat, None, None).unwrap().spans.len(), 1);
+    }
+
+    #[test]
+    fn unknown_formats_are_rejected_with_a_reason() {
+        for (subject, payload, header) in [
+            ("telemetry.metrics.x", &b"hello"[..], None),
+            ("telemetry.logs.x.info", &b"hello world"[..], None),
+            ("telemetry.spans.x.y", &b"hello world"[..], None),
+            ("telemetry.spans.x.y", &b"\x00\x01\x02"[..], None),
+            ("devices.raw", &b"plain text"[..], None),
+            ("x", &br#"{"temperature": 21.5}"#[..], None),
+            ("x", &b"{}"[..], Some("csv")),
+        ] {
+            let err = run(subject, payload, None, header).unwrap_err();
+            assert_eq!(err.kind, RejectionKind::UnknownFormat, "{subject}: {err}");
+            assert!(!err.detail.is_empty());
+        }
+        // Declared protobuf that is not: malformed, with the decoder's reason.
+        let err = run(
+            "telemetry.metrics.x",
+            b"hello",
+            Some("application/x-protobuf"),
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(err.kind, RejectionKind::Malformed, "{err}");
+        assert!(err.detail.starts_with("OTLP protobuf metrics"), "{err}");
+    }
+
+    #[test]
+    fn message_size_is_checked_first() {
+        let limits = Limits {
+            max_message_bytes: 10,
+            ..Limits::default()
+        };
+        let msg = testing::incoming("x", b"{\"resourceSpans\": []}");
+        let err = decode(&msg, &testing::ctx(&limits), &mut Collected::default()).unwrap_err();
+        assert!(err.detail.contains("max_message_bytes"), "{err}");
     }
 }
