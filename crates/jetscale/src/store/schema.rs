@@ -370,9 +370,9 @@ CREATE TABLE IF NOT EXISTS {invalidations} (
     )
 }
 
-/// The metrics table as a partitioned table, and the functions that manage its partitions.
-fn native_sql(n: &Names, s: &StoreSettings) -> String {
-    let schema_plain = n.schema.trim_matches('"');
+/// The seed's `iot_metrics` columns plus `attributes`, and its two indexes. `partition_clause`
+/// makes it a partitioned table; `after_create` runs before the indexes (create_hypertable).
+fn metrics_table_sql(n: &Names, partition_clause: &str, after_create: &str) -> String {
     format!(
         r#"
 CREATE TABLE IF NOT EXISTS {metrics} (
@@ -383,9 +383,23 @@ CREATE TABLE IF NOT EXISTS {metrics} (
     value       DOUBLE PRECISION NOT NULL,
     unit        TEXT,
     attributes  JSONB NOT NULL DEFAULT '{{}}'
-) PARTITION BY RANGE (time);
+){partition_clause};
+{after_create}
 CREATE INDEX IF NOT EXISTS {idx_device} ON {metrics} (device_id, time DESC);
 CREATE INDEX IF NOT EXISTS {idx_location} ON {metrics} (location, metric_name, time DESC);
+"#,
+        metrics = n.metrics,
+        idx_device = n.index("idx_device_time", "device_time"),
+        idx_location = n.index("idx_location_metric", "location_metric"),
+    )
+}
+
+/// The metrics table as a partitioned table, and the functions that manage its partitions.
+fn native_sql(n: &Names, s: &StoreSettings) -> String {
+    let schema_plain = n.schema.trim_matches('"');
+    format!(
+        r#"
+{metrics_table}
 
 -- Creates the missing partitions of a jetscale table between two aligned times. SECURITY
 -- DEFINER so a collector role that may only insert can still have partitions made.
@@ -444,13 +458,11 @@ END
 $fn$;
 INSERT INTO {rollup_state} (relation) VALUES ('{table}') ON CONFLICT DO NOTHING;
 "#,
-        metrics = n.metrics,
+        metrics_table = metrics_table_sql(n, " PARTITION BY RANGE (time)", ""),
         s = n.schema,
         table = n.table,
         schema_t = n.own("jetscale_schema"),
         rollup_state = n.own("jetscale_rollup_state"),
-        idx_device = n.index("idx_device_time", "device_time"),
-        idx_location = n.index("idx_location_metric", "location_metric"),
     )
     .replace("{chunk}", &interval(s.chunk_interval))
 }
@@ -585,25 +597,7 @@ fn timescale_sql(
             c = interval(s.chunk_interval)
         )
     };
-    let mut sql = format!(
-        r#"
-CREATE TABLE IF NOT EXISTS {metrics} (
-    time        TIMESTAMPTZ NOT NULL,
-    device_id   TEXT NOT NULL,
-    location    TEXT NOT NULL,
-    metric_name TEXT NOT NULL,
-    value       DOUBLE PRECISION NOT NULL,
-    unit        TEXT,
-    attributes  JSONB NOT NULL DEFAULT '{{}}'
-);
-{hypertable}
-CREATE INDEX IF NOT EXISTS {idx_device} ON {metrics} (device_id, time DESC);
-CREATE INDEX IF NOT EXISTS {idx_location} ON {metrics} (location, metric_name, time DESC);
-"#,
-        metrics = n.metrics,
-        idx_device = n.index("idx_device_time", "device_time"),
-        idx_location = n.index("idx_location_metric", "location_metric"),
-    );
+    let mut sql = metrics_table_sql(n, "", &hypertable);
     if !apache_only {
         // The refresh window must end before raw retention starts, or a refresh over dropped
         // raw data would empty the aggregate.
