@@ -74,7 +74,10 @@ fn jetscale_binary() -> Result<PathBuf> {
     if candidate.exists() {
         Ok(candidate)
     } else {
-        bail!("{} not found: build it with cargo build --release -p jetscale", candidate.display())
+        bail!(
+            "{} not found: build it with cargo build --release -p jetscale",
+            candidate.display()
+        )
     }
 }
 
@@ -101,7 +104,10 @@ async fn main() -> Result<()> {
     let _ = std::fs::remove_dir_all(&stack_dir);
     std::fs::create_dir_all(&stack_dir)?;
     let stack_dir = stack_dir.canonicalize()?;
-    eprintln!("bench: starting private nats-server and PostgreSQL under {}", stack_dir.display());
+    eprintln!(
+        "bench: starting private nats-server and PostgreSQL under {}",
+        stack_dir.display()
+    );
     let nats = NatsServer::start(NatsServerOptions {
         dir: stack_dir.join("nats"),
         ..Default::default()
@@ -120,7 +126,10 @@ async fn main() -> Result<()> {
     // 1. Database ceiling.
     let ceiling_db = pg.create_database("ceiling").await?;
     let ceiling = database_ceiling(&nats.url(), &ceiling_db, args.ceiling_messages).await?;
-    eprintln!("bench: database ceiling {:.0} rows/s (best of 1 and 2 connections)", ceiling);
+    eprintln!(
+        "bench: database ceiling {:.0} rows/s (best of 1 and 2 connections)",
+        ceiling
+    );
     results.insert("database_ceiling_rows_per_s".into(), json!(ceiling));
 
     // 2. Stream: pre-fill, then a bare consumer.
@@ -142,7 +151,10 @@ async fn main() -> Result<()> {
     )
     .await?;
     let publish_rate = published.acked as f64 / started.elapsed().as_secs_f64();
-    eprintln!("bench: pre-filled {} messages at {:.0} msg/s", published.acked, publish_rate);
+    eprintln!(
+        "bench: pre-filled {} messages at {:.0} msg/s",
+        published.acked, publish_rate
+    );
     results.insert("publish_msgs_per_s".into(), json!(publish_rate));
     let total = published.acked;
 
@@ -161,7 +173,10 @@ async fn main() -> Result<()> {
         rss_kib / 1024
     );
     results.insert("jetscale_drain_points_per_s".into(), json!(drain_points));
-    results.insert("jetscale_peak_rss_mib".into(), json!(rss_kib as f64 / 1024.0));
+    results.insert(
+        "jetscale_peak_rss_mib".into(),
+        json!(rss_kib as f64 / 1024.0),
+    );
 
     // 2b. Publishing and consuming at once (fresh messages, a consumer from "new").
     let both = publish_and_consume(&js, &stream, 200_000.min(total)).await?;
@@ -174,7 +189,10 @@ async fn main() -> Result<()> {
     } else {
         let naive_db = pg.create_database("naive").await?;
         let rate = naive_consumer(&nats.url(), &naive_db, args.naive_messages).await?;
-        eprintln!("bench: naive nats-py + psycopg consumer {:.0} points/s", rate);
+        eprintln!(
+            "bench: naive nats-py + psycopg consumer {:.0} points/s",
+            rate
+        );
         results.insert("naive_points_per_s".into(), json!(rate));
         Some(rate)
     };
@@ -212,19 +230,34 @@ async fn main() -> Result<()> {
         results.insert("drain_over_naive".into(), json!(drain_points / n));
     }
     let out = args.dir.join("results.json");
-    std::fs::write(&out, serde_json::to_string_pretty(&serde_json::Value::Object(results.clone()))?)?;
+    std::fs::write(
+        &out,
+        serde_json::to_string_pretty(&serde_json::Value::Object(results.clone()))?,
+    )?;
 
     println!();
-    println!("jetscale benchmarks ({machine}; {} messages x 3 points)", args.messages);
+    println!(
+        "jetscale benchmarks ({machine}; {} messages x 3 points)",
+        args.messages
+    );
     println!("{:<44} {:>14}", "measure", "value");
     let row = |name: &str, value: String| println!("{name:<44} {value:>14}");
-    row("database ceiling (binary COPY, rows/s)", format!("{ceiling:.0}"));
-    row("stream ceiling (bare fetch+ack, msg/s)", format!("{bare:.0}"));
+    row(
+        "database ceiling (binary COPY, rows/s)",
+        format!("{ceiling:.0}"),
+    );
+    row(
+        "stream ceiling (bare fetch+ack, msg/s)",
+        format!("{bare:.0}"),
+    );
     row("stream ceiling (points/s)", format!("{:.0}", bare * 3.0));
     row("publish alone (msg/s)", format!("{publish_rate:.0}"));
     row("publish + consume at once (msg/s)", format!("{both:.0}"));
     row("jetscale drain (points/s)", format!("{drain_points:.0}"));
-    row("jetscale peak RSS (MiB)", format!("{:.1}", rss_kib as f64 / 1024.0));
+    row(
+        "jetscale peak RSS (MiB)",
+        format!("{:.1}", rss_kib as f64 / 1024.0),
+    );
     if let Some(n) = naive {
         row("naive consumer (points/s)", format!("{n:.0}"));
         row("drain / naive", format!("{:.2}", drain_points / n));
@@ -258,7 +291,8 @@ async fn database_ceiling(nats_url: &str, db_url: &str, messages: u64) -> Result
     let mut client = store::connect(&s.store).await?;
     schema::migrate(&mut client, &s.store).await?;
     let names = schema::Names::new(&s.store);
-    store::maintenance::partitions_ahead(&client, &names, &s.store, Duration::from_secs(3600)).await?;
+    store::maintenance::partitions_ahead(&client, &names, &s.store, Duration::from_secs(3600))
+        .await?;
     let limits = Limits::default();
     let ctx = DecodeContext::now(&limits, &[], Encoding::Auto);
     let mut fleet = Fleet::new(&SimulateOptions {
@@ -293,7 +327,10 @@ async fn database_ceiling(nats_url: &str, db_url: &str, messages: u64) -> Result
             &ctx,
         );
         if batch.weight() >= 15_000 {
-            batches.push(std::mem::replace(&mut batch, Batch::new(3_600_000_000, 15_000)));
+            batches.push(std::mem::replace(
+                &mut batch,
+                Batch::new(3_600_000_000, 15_000),
+            ));
         }
     }
     batches.push(batch);
@@ -304,7 +341,9 @@ async fn database_ceiling(nats_url: &str, db_url: &str, messages: u64) -> Result
     );
     let mut best = 0.0f64;
     for connections in [1usize, 2] {
-        client.batch_execute(&format!("TRUNCATE {}", names.metrics)).await?;
+        client
+            .batch_execute(&format!("TRUNCATE {}", names.metrics))
+            .await?;
         let mut clients = Vec::new();
         for _ in 0..connections {
             clients.push(store::connect(&s.store).await?);
@@ -329,9 +368,11 @@ async fn database_ceiling(nats_url: &str, db_url: &str, messages: u64) -> Result
                     let sink = tx.copy_in(sql.as_str()).await?;
                     futures::pin_mut!(sink);
                     use futures::SinkExt;
-                    sink.feed(bytes::Bytes::from_static(store::copy::HEADER)).await?;
+                    sink.feed(bytes::Bytes::from_static(store::copy::HEADER))
+                        .await?;
                     sink.feed(bytes::Bytes::from(rows)).await?;
-                    sink.feed(bytes::Bytes::from_static(store::copy::TRAILER)).await?;
+                    sink.feed(bytes::Bytes::from_static(store::copy::TRAILER))
+                        .await?;
                     sink.finish().await?;
                     tx.commit().await?;
                 }
@@ -345,7 +386,9 @@ async fn database_ceiling(nats_url: &str, db_url: &str, messages: u64) -> Result
         eprintln!("bench: database ceiling with {connections} connection(s): {rate:.0} rows/s");
         best = best.max(rate);
     }
-    client.batch_execute(&format!("TRUNCATE {}", names.metrics)).await?;
+    client
+        .batch_execute(&format!("TRUNCATE {}", names.metrics))
+        .await?;
     Ok(best)
 }
 
@@ -372,7 +415,9 @@ async fn bare_drain(
     let started = Instant::now();
     let mut seen = 0u64;
     while seen < total {
-        let Some(m) = messages.next().await else { break };
+        let Some(m) = messages.next().await else {
+            break;
+        };
         let m = m.map_err(|e| anyhow::anyhow!("{e}"))?;
         m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
         seen += 1;
@@ -390,7 +435,15 @@ async fn jetscale_drain(
 ) -> Result<(f64, u64)> {
     let started = Instant::now();
     let mut child = tokio::process::Command::new(jetscale_binary()?)
-        .args(["collect", "--exit-when-idle", "3s", "--nats-url", nats_url, "--database-url", db_url])
+        .args([
+            "collect",
+            "--exit-when-idle",
+            "3s",
+            "--nats-url",
+            nats_url,
+            "--database-url",
+            db_url,
+        ])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
@@ -438,7 +491,11 @@ async fn publish_and_consume(
             ..Default::default()
         })
         .await?;
-    let mut messages = consumer.stream().max_messages_per_batch(1000).messages().await?;
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(1000)
+        .messages()
+        .await?;
     let started = Instant::now();
     let publisher = {
         let js = js.clone();
@@ -460,7 +517,9 @@ async fn publish_and_consume(
     let expected = (count / 10_000) * 10_000;
     let mut seen = 0;
     while seen < expected {
-        let Some(m) = messages.next().await else { break };
+        let Some(m) = messages.next().await else {
+            break;
+        };
         let m = m.map_err(|e| anyhow::anyhow!("{e}"))?;
         m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
         seen += 1;
@@ -473,17 +532,30 @@ async fn naive_consumer(nats_url: &str, db_url: &str, count: u64) -> Result<f64>
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("naive_consumer.py");
     let out = tokio::process::Command::new("python3")
         .arg(script)
-        .args(["--nats", nats_url, "--db", db_url, "--count", &count.to_string()])
+        .args([
+            "--nats",
+            nats_url,
+            "--db",
+            db_url,
+            "--count",
+            &count.to_string(),
+        ])
         .output()
         .await
         .context("running bench/naive_consumer.py (pip install nats-py psycopg[binary])")?;
     if !out.status.success() {
-        bail!("naive consumer failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "naive consumer failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let text = String::from_utf8_lossy(&out.stdout);
     text.lines()
         .rev()
-        .find_map(|l| l.strip_prefix("points_per_s ").and_then(|v| v.trim().parse().ok()))
+        .find_map(|l| {
+            l.strip_prefix("points_per_s ")
+                .and_then(|v| v.trim().parse().ok())
+        })
         .context("naive consumer printed no rate")
 }
 
@@ -496,7 +568,12 @@ struct LiveStep {
 
 /// The simulator at `rate` msg/s (devices = rate × 10 at a 10 s interval) while the collector
 /// runs; bounded lag and p99 publish-to-commit latency under 2 s pass.
-async fn live_step(nats: &NatsServer, db_url: &str, rate: u64, length: Duration) -> Result<LiveStep> {
+async fn live_step(
+    nats: &NatsServer,
+    db_url: &str,
+    rate: u64,
+    length: Duration,
+) -> Result<LiveStep> {
     let s = settings(&nats.url(), db_url)?;
     let client = jetscale::stream::connect(&s.nats, "bench-live").await?;
     let js = async_nats::jetstream::new(client);
@@ -504,7 +581,13 @@ async fn live_step(nats: &NatsServer, db_url: &str, rate: u64, length: Duration)
     stream.purge().await?;
     let _ = stream.delete_consumer("jetscale").await;
     let collector = tokio::process::Command::new(jetscale_binary()?)
-        .args(["collect", "--nats-url", &nats.url(), "--database-url", db_url])
+        .args([
+            "collect",
+            "--nats-url",
+            &nats.url(),
+            "--database-url",
+            db_url,
+        ])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()?;
@@ -551,4 +634,3 @@ async fn live_step(nats: &NatsServer, db_url: &str, rate: u64, length: Duration)
         ok,
     })
 }
-

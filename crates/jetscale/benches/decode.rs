@@ -69,7 +69,10 @@ fn bench(c: &mut Criterion) {
     });
     let subject = async_nats::Subject::from_static("telemetry.metrics.sensor-000001");
     let reply = async_nats::Subject::from_static("$JS.ACK.TELEMETRY.jetscale.1.1.1.1.0");
-    let shared: Vec<bytes::Bytes> = payloads.iter().map(|p| bytes::Bytes::from(p.clone())).collect();
+    let shared: Vec<bytes::Bytes> = payloads
+        .iter()
+        .map(|p| bytes::Bytes::from(p.clone()))
+        .collect();
     group.bench_function("decode_and_encode_copy", |b| {
         b.iter_batched(
             || Batch::new(3_600_000_000, 15_000),

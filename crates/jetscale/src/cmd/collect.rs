@@ -42,7 +42,11 @@ pub async fn run(global: &Global, args: Args) -> anyhow::Result<()> {
     let report = pipeline::run(&settings, &options, counters, super::shutdown_signal()).await;
     reporter.abort();
     let report = report?;
-    let ms = |d: Option<Duration>| d.map_or("-".to_owned(), |d| format!("{:.0}ms", d.as_secs_f64() * 1e3));
+    let ms = |d: Option<Duration>| {
+        d.map_or("-".to_owned(), |d| {
+            format!("{:.0}ms", d.as_secs_f64() * 1e3)
+        })
+    };
     println!(
         "collected {} messages ({} rows, {} dead letters, {} duplicates skipped) in {:.1}s: {:.0} rows/s; publish-to-commit latency p50 {} p99 {}",
         report.messages,

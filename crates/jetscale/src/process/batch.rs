@@ -188,7 +188,9 @@ impl Batch {
         self.dead_letters.push(DeadLetter {
             stream_seq: meta.stream_seq,
             subject: msg.subject.to_owned(),
-            headers: meta.headers.map_or_else(|| "{}".to_owned(), headers_to_json),
+            headers: meta
+                .headers
+                .map_or_else(|| "{}".to_owned(), headers_to_json),
             reason: reason.to_owned(),
             payload: msg.payload[..msg.payload.len().min(DEAD_LETTER_PAYLOAD_CAP)].to_vec(),
             payload_size: msg.payload.len(),
