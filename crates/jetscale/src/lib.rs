@@ -14,4 +14,5 @@ pub mod redact;
 pub mod simulate;
 pub mod store;
 pub mod stream;
+pub mod tail;
 pub mod telemetry;

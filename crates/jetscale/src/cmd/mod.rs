@@ -6,6 +6,7 @@ mod dev;
 mod query;
 mod setup;
 mod simulate;
+mod tail;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -60,6 +61,8 @@ pub enum Command {
     Dev(dev::DevArgs),
     /// One command end to end: private servers, setup, a simulated fleet, collection, a summary.
     Demo(dev::DemoArgs),
+    /// Follow the stream live, one line per record (never touches the collector's consumer).
+    Tail(tail::Args),
 }
 
 impl Global {
@@ -85,6 +88,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Query(q) => query::run(&cli.global, q).await,
         Command::Dev(args) => dev::run_dev(&cli.global, args).await,
         Command::Demo(args) => dev::run_demo(&cli.global, args).await,
+        Command::Tail(args) => tail::run(&cli.global, args).await,
     }
 }
 
