@@ -45,6 +45,9 @@ struct Args {
     /// Seconds per live-capacity step.
     #[arg(long, default_value_t = 20)]
     live_seconds: u64,
+    /// Config file for the drained collector (to compare settings); default: built-in defaults.
+    #[arg(long)]
+    collector_config: Option<PathBuf>,
     #[arg(long)]
     skip_naive: bool,
     #[arg(long)]
@@ -164,7 +167,14 @@ async fn main() -> Result<()> {
 
     // 3. jetscale drain.
     let drain_db = pg.create_database("drain").await?;
-    let (drain_secs, rss_kib) = jetscale_drain(&nats.url(), &drain_db, &stream, total).await?;
+    let (drain_secs, rss_kib) = jetscale_drain(
+        &nats.url(),
+        &drain_db,
+        &stream,
+        total,
+        args.collector_config.as_deref(),
+    )
+    .await?;
     let drain_points = (total * 3) as f64 / drain_secs;
     eprintln!(
         "bench: jetscale drain {:.0} points/s ({:.0} msg/s), peak RSS {} MiB",
@@ -432,19 +442,27 @@ async fn jetscale_drain(
     db_url: &str,
     stream: &async_nats::jetstream::stream::Stream,
     total: u64,
+    config: Option<&Path>,
 ) -> Result<(f64, u64)> {
     let started = Instant::now();
-    let mut child = tokio::process::Command::new(jetscale_binary()?)
-        .args([
-            "collect",
-            "--exit-when-idle",
-            "3s",
-            "--nats-url",
-            nats_url,
-            "--database-url",
-            db_url,
-        ])
-        .env("RUST_LOG", "warn")
+    let mut command = tokio::process::Command::new(jetscale_binary()?);
+    command.args([
+        "collect",
+        "--exit-when-idle",
+        "3s",
+        "--nats-url",
+        nats_url,
+        "--database-url",
+        db_url,
+    ]);
+    if let Some(config) = config {
+        command.arg("--config").arg(config);
+    }
+    let mut child = command
+        .env(
+            "RUST_LOG",
+            std::env::var("BENCH_COLLECTOR_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
         .spawn()
         .context("starting jetscale collect")?;

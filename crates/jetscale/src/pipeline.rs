@@ -312,9 +312,22 @@ async fn write_loop(
         let mut backoff = Duration::from_millis(100);
         let mut last_progress = Instant::now();
         loop {
+            let write_started = Instant::now();
             match writer.write(&batch).await {
                 Ok(done) => {
+                    let written = write_started.elapsed();
                     ack::committed(&nats, &done.replies).await;
+                    tracing::debug!(
+                        writer = index,
+                        write_ms = written.as_millis() as u64,
+                        ack_ms = (write_started.elapsed() - written).as_millis() as u64,
+                        waited_in_queue_ms = batch
+                            .opened
+                            .elapsed()
+                            .saturating_sub(write_started.elapsed())
+                            .as_millis() as u64,
+                        "batch timings"
+                    );
                     counters
                         .messages
                         .fetch_add(done.messages as u64, Ordering::Relaxed);
