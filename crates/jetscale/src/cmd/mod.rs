@@ -3,6 +3,7 @@
 
 mod collect;
 mod dev;
+mod nats_config;
 mod query;
 mod setup;
 mod simulate;
@@ -61,6 +62,8 @@ pub enum Command {
     Dev(dev::DevArgs),
     /// One command end to end: private servers, setup, a simulated fleet, collection, a summary.
     Demo(dev::DemoArgs),
+    /// Print a least-privilege nats-server authorization block (devices, collector, admin).
+    NatsConfig(nats_config::Args),
     /// Follow the stream live, one line per record (never touches the collector's consumer).
     Tail(tail::Args),
 }
@@ -88,6 +91,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Query(q) => query::run(&cli.global, q).await,
         Command::Dev(args) => dev::run_dev(&cli.global, args).await,
         Command::Demo(args) => dev::run_demo(&cli.global, args).await,
+        Command::NatsConfig(args) => nats_config::run(&cli.global, args).await,
         Command::Tail(args) => tail::run(&cli.global, args).await,
     }
 }

@@ -26,7 +26,9 @@ impl<'de> Deserialize<'de> for DurationValue {
             Raw::Text(text) => units::parse_duration(&text)
                 .map(DurationValue)
                 .map_err(serde::de::Error::custom),
-            Raw::Seconds(s) if s.is_finite() && s >= 0.0 => {
+            // The same bound as the text form: `Duration::from_secs_f64` panics past
+            // u64::MAX seconds (`ack_wait: 1e20`; see docs/security.md, Fuzzing).
+            Raw::Seconds(s) if s.is_finite() && (0.0..=1.0e12).contains(&s) => {
                 Ok(DurationValue(Duration::from_secs_f64(s)))
             }
             Raw::Seconds(s) => Err(serde::de::Error::custom(format!("{s} is not a duration"))),

@@ -6,12 +6,15 @@ pub mod ledger;
 pub mod maintenance;
 pub mod query;
 pub mod schema;
+pub mod tls;
 pub mod writer;
 
 use crate::config::StoreSettings;
 use crate::redact::redact_url;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
+
+pub use tls::{SslMode, TlsParams};
 
 /// A database failure, classified by what the collector should do about it.
 #[derive(Debug, thiserror::Error)]
@@ -75,9 +78,12 @@ impl StoreError {
 }
 
 /// Opens a connection and drives it on a background task.
+///
+/// TLS follows libpq: `sslmode` (default `prefer`), `sslrootcert`, `sslcert` and `sslkey` in
+/// the connection string or the `PGSSL*` environment variables; see [`tls`].
 pub async fn connect(settings: &StoreSettings) -> Result<Client, StoreError> {
-    let mut config: tokio_postgres::Config = settings
-        .url
+    let (conn, tls_params) = tls::split_tls_params(&settings.url)?;
+    let mut config: tokio_postgres::Config = conn
         .parse()
         .map_err(|e: tokio_postgres::Error| StoreError::Config(e.to_string()))?;
     if let Some(file) = &settings.password_file {
@@ -88,18 +94,30 @@ pub async fn connect(settings: &StoreSettings) -> Result<Client, StoreError> {
     if config.get_application_name().is_none() {
         config.application_name("jetscale");
     }
-    let (client, connection) =
-        config
-            .connect(NoTls)
-            .await
-            .map_err(|source| StoreError::Connect {
-                target: redact_url(&settings.url),
-                source,
-            })?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "database connection closed");
+    let connector = tls::configure(&mut config, &tls_params)?;
+    let failed = |source| StoreError::Connect {
+        target: redact_url(&settings.url),
+        source,
+    };
+    let client = match connector {
+        None => {
+            let (client, connection) = config.connect(NoTls).await.map_err(failed)?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "database connection closed");
+                }
+            });
+            client
         }
-    });
+        Some(connector) => {
+            let (client, connection) = config.connect(connector).await.map_err(failed)?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "database connection closed");
+                }
+            });
+            client
+        }
+    };
     Ok(client)
 }

@@ -280,11 +280,9 @@ impl Writer {
                 // A span published again after the stream's duplicate window is a new
                 // message to JetStream; the unique (trace_id, span_id, time) index makes it
                 // the same row to the database.
-                tx.batch_execute(&format!(
-                    "CREATE TEMP TABLE IF NOT EXISTS jetscale_spans_stage (LIKE {} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
-                    names.spans
-                ))
-                .await?;
+                // Columns spelled out rather than `LIKE` the spans table: LIKE needs SELECT
+                // on it, which a least-privilege collector role does not have.
+                tx.batch_execute(SPANS_STAGE_SQL).await?;
             }
             let sink = tx.copy_in(copy_sql.as_str()).await?;
             futures::pin_mut!(sink);
@@ -296,7 +294,9 @@ impl Writer {
             if table == Table::Spans {
                 tx.execute(
                     &format!(
-                        "INSERT INTO {} SELECT * FROM jetscale_spans_stage ON CONFLICT (trace_id, span_id, time) DO NOTHING",
+                        // No conflict target: naming one needs SELECT on its columns. The
+                        // (trace_id, span_id, time) index is the table's only unique one.
+                        "INSERT INTO {} ({SPAN_COLUMNS}) SELECT {SPAN_COLUMNS} FROM jetscale_spans_stage ON CONFLICT DO NOTHING",
                         names.spans
                     ),
                     &[],
@@ -334,6 +334,16 @@ impl Writer {
         Ok(outcome)
     }
 }
+
+/// The spans table's columns, in the staging table's order.
+const SPAN_COLUMNS: &str = "time, end_time, trace_id, span_id, parent_span_id, name, service, kind, status_code, status_message, trace_state, duration_ms, attributes, resource, events, links, error";
+
+/// The per-session staging table spans are copied into before the deduplicating insert.
+const SPANS_STAGE_SQL: &str = "CREATE TEMP TABLE IF NOT EXISTS jetscale_spans_stage (
+    time TIMESTAMPTZ, end_time TIMESTAMPTZ, trace_id TEXT, span_id TEXT, parent_span_id TEXT,
+    name TEXT, service TEXT, kind TEXT, status_code TEXT, status_message TEXT, trace_state TEXT,
+    duration_ms DOUBLE PRECISION, attributes JSONB, resource JSONB, events JSONB, links JSONB,
+    error TEXT) ON COMMIT DELETE ROWS";
 
 /// Creates partitions for the chunks `[from_chunk, to_chunk)` (microseconds since the epoch,
 /// aligned to the chunk width).

@@ -1,6 +1,7 @@
 //! The NATS side: connecting (every auth method NATS offers, TLS), provisioning the stream
 //! and the durable consumer, and the conventions of the TELEMETRY stream.
 
+pub mod authz;
 pub mod connect;
 pub mod provision;
 
