@@ -33,9 +33,10 @@ struct Args {
     /// Messages in the pre-filled stream (3 points each).
     #[arg(long, default_value_t = 1_000_000)]
     messages: u64,
-    /// Messages for the database ceiling (pre-encoded in memory).
-    #[arg(long, default_value_t = 300_000)]
-    ceiling_messages: u64,
+    /// Messages for the database ceiling (pre-encoded in memory); default: as many as the
+    /// stream holds, so both write the same rows into an index of the same size.
+    #[arg(long)]
+    ceiling_messages: Option<u64>,
     /// Messages the naive Python consumer drains (it is slow; its rate is what counts).
     #[arg(long, default_value_t = 100_000)]
     naive_messages: u64,
@@ -128,7 +129,12 @@ async fn main() -> Result<()> {
 
     // 1. Database ceiling.
     let ceiling_db = pg.create_database("ceiling").await?;
-    let ceiling = database_ceiling(&nats.url(), &ceiling_db, args.ceiling_messages).await?;
+    let ceiling = database_ceiling(
+        &nats.url(),
+        &ceiling_db,
+        args.ceiling_messages.unwrap_or(args.messages),
+    )
+    .await?;
     eprintln!(
         "bench: database ceiling {:.0} rows/s (best of 1 and 2 connections)",
         ceiling
