@@ -225,6 +225,9 @@ fn looks_like_json(payload: &[u8]) -> bool {
 /// Recognises a JSON object by its top-level keys (values are skipped, not parsed):
 /// `Ok(None)` for an object that is none of ours, `Err` for text that is not JSON.
 fn json_kind(payload: &[u8]) -> Result<Option<Format>, Rejection> {
+    if let Some(format) = first_key_format(payload) {
+        return Ok(Some(format));
+    }
     let keys: TopKeys = serde_json::from_slice(payload)
         .map_err(|e| Rejection::malformed(format!("invalid JSON: {e}")))?;
     let has = |k: Key| keys.0 & (1 << k as u16) != 0;
@@ -243,6 +246,30 @@ fn json_kind(payload: &[u8]) -> Result<Option<Format>, Rejection> {
     } else {
         None
     })
+}
+
+/// The OTLP envelope key when it is the object's first key: then it is a top-level key by
+/// construction, and the full key scan (a second tokenization of the whole payload) can be
+/// skipped. Every OTLP encoder writes the envelope key first.
+fn first_key_format(payload: &[u8]) -> Option<Format> {
+    let mut rest = payload;
+    let skip_ws = |b: &[u8]| -> usize { b.iter().take_while(|c| c.is_ascii_whitespace()).count() };
+    rest = &rest[skip_ws(rest)..];
+    rest = rest.strip_prefix(b"{")?;
+    rest = &rest[skip_ws(rest)..];
+    let key_end = rest.iter().skip(1).position(|&c| c == b'"')? + 2;
+    let key = rest.get(..key_end)?;
+    let after = rest.get(key_end..)?;
+    // The key must be followed by its colon, or it was not a key.
+    if after.get(skip_ws(after)) != Some(&b':') {
+        return None;
+    }
+    match key {
+        b"\"resourceMetrics\"" | b"\"resource_metrics\"" => Some(Format::OtlpJsonMetrics),
+        b"\"resourceSpans\"" | b"\"resource_spans\"" => Some(Format::OtlpJsonTraces),
+        b"\"resourceLogs\"" | b"\"resource_logs\"" => Some(Format::OtlpJsonLogs),
+        _ => None,
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -386,8 +413,11 @@ mod tests {
             auto(br#"{"foo": 1}"#).unwrap_err().kind,
             RejectionKind::UnknownFormat
         );
+        // Broken JSON behind a leading envelope key goes to its decoder, which rejects it as
+        // malformed; without that key the key scan itself rejects it.
+        assert_eq!(auto(br#"{"resourceMetrics": [}"#).unwrap(), Format::OtlpJsonMetrics);
         assert_eq!(
-            auto(br#"{"resourceMetrics": [}"#).unwrap_err().kind,
+            auto(br#"{"a": 1, "resourceMetrics": [}"#).unwrap_err().kind,
             RejectionKind::Malformed
         );
         assert!(detect(
@@ -496,5 +526,34 @@ mod tests {
         assert!(!declares_protobuf(&msg, Encoding::Auto));
         let msg = incoming("x", b"", Some("application/x-protobuf"), None);
         assert!(declares_protobuf(&msg, Encoding::Auto));
+    }
+}
+
+#[cfg(test)]
+mod first_key_tests {
+    use super::*;
+
+    #[test]
+    fn the_envelope_key_first_is_recognised_without_a_full_scan() {
+        assert_eq!(
+            first_key_format(br#" { "resourceMetrics" : []}"#),
+            Some(Format::OtlpJsonMetrics)
+        );
+        assert_eq!(
+            first_key_format(br#"{"resource_spans":[]}"#),
+            Some(Format::OtlpJsonTraces)
+        );
+        assert_eq!(
+            first_key_format(br#"{"resourceLogs":[]}"#),
+            Some(Format::OtlpJsonLogs)
+        );
+        // Not first, or not a key: left to the full scan.
+        assert_eq!(
+            first_key_format(br#"{"name":"x","resourceMetrics":[]}"#),
+            None
+        );
+        assert_eq!(first_key_format(br#"["resourceMetrics"]"#), None);
+        assert_eq!(first_key_format(br#"{"resourceMetrics"}"#), None);
+        assert_eq!(first_key_format(b"{"), None);
     }
 }
