@@ -213,6 +213,7 @@ async fn fetch_loop(
     let mut consumer = consumer.clone();
     let mut decode_ctx_at = Instant::now();
     let mut ctx = DecodeContext::now(&settings.limits, &settings.resource, settings.encoding);
+    let mut pull_backoff = Duration::from_millis(50);
     loop {
         tokio::select! {
             biased;
@@ -222,13 +223,17 @@ async fn fetch_loop(
                     Some(Ok(m)) => m,
                     Some(Err(e)) => {
                         // Missed heartbeats and the like: the stream of messages recovers by
-                        // itself once NATS is back.
-                        tracing::warn!(error = %e, "JetStream pull");
+                        // itself once NATS is back. Back off so a lasting error (a deleted
+                        // consumer, a lost permission) is reported, not spun on.
+                        tracing::warn!(error = %e, retry_in = ?pull_backoff, "JetStream pull failed");
+                        tokio::time::sleep(pull_backoff).await;
+                        pull_backoff = (pull_backoff * 2).min(Duration::from_secs(5));
                         continue;
                     }
                     None => return Err(PipelineError::Consume("the consumer's message stream ended".into())),
                 };
                 last_message = Instant::now();
+                pull_backoff = Duration::from_millis(50);
                 if decode_ctx_at.elapsed() > Duration::from_secs(1) {
                     ctx = DecodeContext::now(&settings.limits, &settings.resource, settings.encoding);
                     decode_ctx_at = Instant::now();
