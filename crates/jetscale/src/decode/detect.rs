@@ -415,7 +415,10 @@ mod tests {
         );
         // Broken JSON behind a leading envelope key goes to its decoder, which rejects it as
         // malformed; without that key the key scan itself rejects it.
-        assert_eq!(auto(br#"{"resourceMetrics": [}"#).unwrap(), Format::OtlpJsonMetrics);
+        assert_eq!(
+            auto(br#"{"resourceMetrics": [}"#).unwrap(),
+            Format::OtlpJsonMetrics
+        );
         assert_eq!(
             auto(br#"{"a": 1, "resourceMetrics": [}"#).unwrap_err().kind,
             RejectionKind::Malformed
