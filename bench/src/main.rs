@@ -465,6 +465,7 @@ async fn jetscale_drain(
         command.arg("--config").arg(config);
     }
     let mut child = command
+        .kill_on_drop(true)
         .env(
             "RUST_LOG",
             std::env::var("BENCH_COLLECTOR_LOG").unwrap_or_else(|_| "warn".into()),
@@ -605,6 +606,7 @@ async fn live_step(
     stream.purge().await?;
     let _ = stream.delete_consumer("jetscale").await;
     let collector = tokio::process::Command::new(jetscale_binary()?)
+        .kill_on_drop(true)
         .args([
             "collect",
             "--nats-url",

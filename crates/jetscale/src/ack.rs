@@ -5,6 +5,11 @@
 //! acknowledge other collectors' deliveries on a shared consumer.
 
 use async_nats::{Client, Subject};
+use std::time::Duration;
+
+/// How long to wait for acks to reach the server. A flush waits for a reconnection when NATS
+/// is down; an ack that does not get through only means a redelivery the ledger skips.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 const ACK: &[u8] = b"+ACK";
 const IN_PROGRESS: &[u8] = b"+WPI";
@@ -20,8 +25,14 @@ pub async fn committed(client: &Client, replies: &[Subject]) {
             tracing::debug!(error = %e, "ack not sent; the message will be redelivered and skipped");
         }
     }
-    if let Err(e) = client.flush().await {
-        tracing::debug!(error = %e, "acks not flushed; they will be redelivered and skipped");
+    match tokio::time::timeout(FLUSH_TIMEOUT, client.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "acks not flushed; they will be redelivered and skipped")
+        }
+        Err(_) => tracing::warn!(
+            "NATS unreachable: acks not confirmed; the messages will be redelivered and skipped"
+        ),
     }
 }
 

@@ -142,7 +142,8 @@ pub async fn run(
         let _ = w.await;
     }
     upkeep.abort();
-    let _ = nats.flush().await;
+    // Bounded: with NATS gone a flush would wait for a reconnection that may never come.
+    let _ = tokio::time::timeout(Duration::from_secs(5), nats.flush()).await;
     fetched?;
     Ok(RunReport {
         messages: counters.messages.load(Ordering::Relaxed),
