@@ -15,16 +15,18 @@
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use futures::StreamExt;
-use jetscale::config::{self, Encoding, Limits, Overrides, Settings};
+use jetscale::config::{self, Encoding, Limits, MetricsLayout, Overrides, Settings};
 use jetscale::decode::{DecodeContext, Incoming};
 use jetscale::dev::{NatsServer, NatsServerOptions, PostgresCluster, PostgresOptions};
 use jetscale::process::batch::{Batch, Delivery};
 use jetscale::process::Table;
 use jetscale::simulate::{self, fleet::Fleet, SimulateOptions};
+use jetscale::store::series::SeriesCache;
 use jetscale::store::{self, schema};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 #[derive(Debug, Parser)]
@@ -127,16 +129,33 @@ async fn main() -> Result<()> {
     results.insert("machine".into(), json!(machine));
     results.insert("messages".into(), json!(args.messages));
 
-    // 1. Database ceiling.
+    // 1. Database ceiling, for jetscale's default layout and for the seed's wide table.
+    let wide_db = pg.create_database("ceiling_wide").await?;
+    let ceiling_wide = database_ceiling(
+        &nats.url(),
+        &wide_db,
+        args.ceiling_messages.unwrap_or(args.messages),
+        MetricsLayout::Wide,
+    )
+    .await?;
+    eprintln!(
+        "bench: database ceiling, seed's wide layout: {:.0} rows/s (best of 1 and 2 connections)",
+        ceiling_wide
+    );
+    results.insert(
+        "database_ceiling_wide_rows_per_s".into(),
+        json!(ceiling_wide),
+    );
     let ceiling_db = pg.create_database("ceiling").await?;
     let ceiling = database_ceiling(
         &nats.url(),
         &ceiling_db,
         args.ceiling_messages.unwrap_or(args.messages),
+        MetricsLayout::Series,
     )
     .await?;
     eprintln!(
-        "bench: database ceiling {:.0} rows/s (best of 1 and 2 connections)",
+        "bench: database ceiling, series layout: {:.0} rows/s (best of 1 and 2 connections)",
         ceiling
     );
     results.insert("database_ceiling_rows_per_s".into(), json!(ceiling));
@@ -259,8 +278,12 @@ async fn main() -> Result<()> {
     println!("{:<44} {:>14}", "measure", "value");
     let row = |name: &str, value: String| println!("{name:<44} {value:>14}");
     row(
-        "database ceiling (binary COPY, rows/s)",
+        "database ceiling, series layout (rows/s)",
         format!("{ceiling:.0}"),
+    );
+    row(
+        "database ceiling, seed's wide layout (rows/s)",
+        format!("{ceiling_wide:.0}"),
     );
     row(
         "stream ceiling (bare fetch+ack, msg/s)",
@@ -302,8 +325,15 @@ fn mem_gib() -> f64 {
 
 /// Rows of the seed workload encoded as the collector encodes them, then COPYed with no
 /// NATS and no decoding in the timed part.
-async fn database_ceiling(nats_url: &str, db_url: &str, messages: u64) -> Result<f64> {
-    let s = settings(nats_url, db_url)?;
+async fn database_ceiling(
+    nats_url: &str,
+    db_url: &str,
+    messages: u64,
+    layout: MetricsLayout,
+) -> Result<f64> {
+    let mut s = settings(nats_url, db_url)?;
+    s.store.layout = layout;
+    let series = (layout == MetricsLayout::Series).then(|| Arc::new(SeriesCache::new(1 << 20)));
     let mut client = store::connect(&s.store).await?;
     schema::migrate(&mut client, &s.store).await?;
     let names = schema::Names::new(&s.store);
@@ -318,7 +348,7 @@ async fn database_ceiling(nats_url: &str, db_url: &str, messages: u64) -> Result
     let subject = async_nats::Subject::from_static("telemetry.metrics.x");
     let reply = async_nats::Subject::from_static("$JS.ACK.x");
     let mut batches = Vec::new();
-    let mut batch = Batch::new(3_600_000_000, 15_000);
+    let mut batch = Batch::new(3_600_000_000, 15_000).with_series(series.clone());
     let start = now_ns() - 600_000_000_000;
     for i in 0..messages {
         let mut payload = Vec::new();
@@ -343,34 +373,48 @@ async fn database_ceiling(nats_url: &str, db_url: &str, messages: u64) -> Result
             &ctx,
         );
         if batch.weight() >= 15_000 {
-            batches.push(std::mem::replace(
-                &mut batch,
-                Batch::new(3_600_000_000, 15_000),
-            ));
+            let next = batch.fresh(15_000);
+            batches.push(std::mem::replace(&mut batch, next));
         }
     }
     batches.push(batch);
     let rows: usize = batches.iter().map(|b| b.rows(Table::Metrics)).sum();
-    let copy_sql = format!(
-        "COPY {} (time, device_id, location, metric_name, value, unit, attributes) FROM STDIN (FORMAT binary)",
-        names.metrics
-    );
+    // Series are created once, untimed, as a running collector has them cached; the timed
+    // part is the points' COPY.
+    let mut encoded: Vec<Vec<u8>> = Vec::new();
+    for b in &batches {
+        let mut rows = b.buffer(Table::Metrics).to_vec();
+        if !b.series_patches.is_empty() {
+            let tx = client.transaction().await?;
+            let (ids, _) = store::writer::resolve_series(&tx, &names, b).await?;
+            tx.commit().await?;
+            store::writer::patch_series_ids(&mut rows, &b.series_patches, &ids)?;
+        }
+        encoded.push(rows);
+    }
+    let table = names.quoted(Table::Metrics).to_owned();
+    let copy_sql = match layout {
+        MetricsLayout::Series => {
+            format!("COPY {table} (time, series_id, value) FROM STDIN (FORMAT binary)")
+        }
+        MetricsLayout::Wide => format!(
+            "COPY {table} (time, device_id, location, metric_name, value, unit, attributes) FROM STDIN (FORMAT binary)"
+        ),
+    };
     let mut best = 0.0f64;
     for connections in [1usize, 2] {
-        client
-            .batch_execute(&format!("TRUNCATE {}", names.metrics))
-            .await?;
+        client.batch_execute(&format!("TRUNCATE {table}")).await?;
         let mut clients = Vec::new();
         for _ in 0..connections {
             clients.push(store::connect(&s.store).await?);
         }
         let chunks: Vec<Vec<Vec<u8>>> = (0..connections)
             .map(|c| {
-                batches
+                encoded
                     .iter()
                     .skip(c)
                     .step_by(connections)
-                    .map(|b| b.buffer(Table::Metrics).to_vec())
+                    .cloned()
                     .collect()
             })
             .collect();
@@ -402,9 +446,7 @@ async fn database_ceiling(nats_url: &str, db_url: &str, messages: u64) -> Result
         eprintln!("bench: database ceiling with {connections} connection(s): {rate:.0} rows/s");
         best = best.max(rate);
     }
-    client
-        .batch_execute(&format!("TRUNCATE {}", names.metrics))
-        .await?;
+    client.batch_execute(&format!("TRUNCATE {table}")).await?;
     Ok(best)
 }
 

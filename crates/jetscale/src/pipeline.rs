@@ -4,13 +4,14 @@
 //! request's worth of prefetched messages.
 
 use crate::ack;
-use crate::config::Settings;
+use crate::config::{MetricsLayout, Settings};
 use crate::decode::{DecodeContext, Incoming};
 use crate::process::batch::{Batch, Delivery};
 use crate::store::ledger::{self, StreamKey, StreamState};
 use crate::store::maintenance;
 use crate::store::schema::{self, Backend, Names};
-use crate::store::writer::{PartitionCache, Writer};
+use crate::store::series::SeriesCache;
+use crate::store::writer::{PartitionCache, SharedCaches, Writer};
 use crate::store::{self, StoreError};
 use crate::stream::{self, StreamError};
 use async_nats::jetstream;
@@ -87,7 +88,8 @@ pub async fn run(
     let names = Names::new(&settings.store);
     let mut admin = store::connect(&settings.store).await?;
     let backend = if options.skip_migrations {
-        schema::detect_backend(&admin).await?
+        schema::check_layout(&admin, &names).await?;
+        schema::detect_backend(&admin, &settings.store).await?
     } else {
         schema::migrate(&mut admin, &settings.store)
             .await?
@@ -103,7 +105,12 @@ pub async fn run(
 
     let (batch_tx, batch_rx) = mpsc::channel::<Batch>(settings.store.writers);
     let batch_rx = Arc::new(Mutex::new(batch_rx));
-    let partitions = Arc::new(PartitionCache::default());
+    let series = (settings.store.layout == MetricsLayout::Series)
+        .then(|| Arc::new(SeriesCache::new(settings.store.series_cache)));
+    let caches = SharedCaches {
+        partitions: Arc::new(PartitionCache::default()),
+        series: series.clone(),
+    };
     let mut writers = Vec::new();
     for index in 0..settings.store.writers {
         let client = store::connect(&settings.store).await?;
@@ -114,7 +121,7 @@ pub async fn run(
             settings.stream.name.clone(),
             backend.clone(),
             settings.store.chunk_interval,
-            partitions.clone(),
+            caches.clone(),
         );
         writers.push(tokio::spawn(write_loop(
             index,
@@ -136,7 +143,20 @@ pub async fn run(
         shutdown.clone(),
     ));
 
-    let fetched = fetch_loop(settings, options, &consumer, batch_tx, &mut shutdown).await;
+    let empty_batch = Batch::new(
+        settings.store.chunk_interval.as_micros() as i64,
+        settings.batch.max_rows,
+    )
+    .with_series(series);
+    let fetched = fetch_loop(
+        settings,
+        options,
+        &consumer,
+        empty_batch,
+        batch_tx,
+        &mut shutdown,
+    )
+    .await;
     // The batch channel is closed: writers finish what they hold, then stop.
     for w in writers {
         let _ = w.await;
@@ -195,10 +215,10 @@ async fn fetch_loop(
     settings: &Settings,
     options: &RunOptions,
     consumer: &jetstream::consumer::Consumer<jetstream::consumer::pull::Config>,
+    mut batch: Batch,
     batch_tx: mpsc::Sender<Batch>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), PipelineError> {
-    let chunk_us = settings.store.chunk_interval.as_micros() as i64;
     let mut messages = consumer
         .stream()
         .max_messages_per_batch(settings.consumer.fetch_batch)
@@ -207,7 +227,6 @@ async fn fetch_loop(
         .messages()
         .await
         .map_err(|e| PipelineError::Consume(e.to_string()))?;
-    let mut batch = Batch::new(chunk_us, settings.batch.max_rows);
     let mut last_message = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -266,7 +285,8 @@ async fn fetch_loop(
                     tracing::debug!(seq = stream_seq, subject = %message.subject, %rejection, "dead letter");
                 }
                 if batch.weight() >= settings.batch.max_rows {
-                    let full = std::mem::replace(&mut batch, Batch::new(chunk_us, settings.batch.max_rows));
+                    let next = batch.fresh(settings.batch.max_rows);
+                    let full = std::mem::replace(&mut batch, next);
                     if batch_tx.send(full).await.is_err() {
                         break;
                     }
@@ -277,7 +297,8 @@ async fn fetch_loop(
                 // more for now: waiting out the timeout then would only add latency.
                 let drained = last_message.elapsed() >= IDLE_FLUSH;
                 if !batch.is_empty() && (batch.opened.elapsed() >= settings.batch.timeout || drained) {
-                    let due = std::mem::replace(&mut batch, Batch::new(chunk_us, settings.batch.max_rows));
+                    let next = batch.fresh(settings.batch.max_rows);
+                    let due = std::mem::replace(&mut batch, next);
                     if batch_tx.send(due).await.is_err() {
                         break;
                     }

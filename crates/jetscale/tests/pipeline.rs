@@ -131,8 +131,8 @@ async fn seed_sql_runs_verbatim_and_the_hourly_rollup_matches_raw_data() {
     assert_eq!(summary(db.query(from_view, &[]).await.unwrap()), raw);
     // Pretend the data is old: move it two hours back, invalidate, refresh.
     db.batch_execute(
-        "SELECT jetscale_ensure_partitions('iot_metrics', date_bin('1 hour', now() - INTERVAL '4 hours', TIMESTAMPTZ '2000-01-03'), now(), INTERVAL '1 hour');
-         UPDATE iot_metrics SET time = time - INTERVAL '2 hours';
+        "SELECT jetscale_ensure_partitions('iot_metrics_points', date_bin('1 hour', now() - INTERVAL '4 hours', TIMESTAMPTZ '2000-01-03'), now(), INTERVAL '1 hour');
+         UPDATE iot_metrics_points SET time = time - INTERVAL '2 hours';
          SELECT jetscale_refresh_rollup('iot_metrics');
          INSERT INTO jetscale_rollup_invalidations SELECT 'iot_metrics', b FROM generate_series(date_bin('1 hour', now() - INTERVAL '3 hours', TIMESTAMPTZ '2000-01-03'), now(), INTERVAL '1 hour') b ON CONFLICT DO NOTHING;
          SELECT jetscale_refresh_rollup('iot_metrics');",

@@ -231,6 +231,13 @@ pub struct PostgresExporter {
     pub dead_letter_table: Option<String>,
     /// jetscale: database connections writing batches in parallel.
     pub writers: Option<usize>,
+    /// jetscale: how metric points are stored: `series` (narrow points table plus a series
+    /// table, behind a `table_name` view; the default) or `wide` (the seed's table as written).
+    pub layout: Option<String>,
+    /// jetscale: series ids the collector keeps in memory (series layout).
+    pub series_cache: Option<usize>,
+    /// jetscale: TimescaleDB 2.21+ only: COPY straight into compressed chunks.
+    pub direct_compress: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

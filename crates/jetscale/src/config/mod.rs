@@ -14,7 +14,8 @@ pub mod units;
 pub use file::ConfigFile;
 pub use settings::{
     AttributeAction, AttributeActionKind, BatchSettings, ConsumerSettings, Encoding, Limits,
-    NatsAuth, NatsSettings, Overrides, Settings, StoreSettings, StreamSettings, TlsFiles,
+    MetricsLayout, NatsAuth, NatsSettings, Overrides, Settings, StoreSettings, StreamSettings,
+    TlsFiles,
 };
 
 use std::path::{Path, PathBuf};

@@ -112,7 +112,39 @@ pub struct StoreSettings {
     pub retention: Duration,
     pub rollup_retention: Duration,
     pub writers: usize,
+    pub layout: MetricsLayout,
+    /// Series ids kept in memory (series layout); misses cost a database lookup.
+    pub series_cache: usize,
+    /// TimescaleDB 2.21+: `timescaledb.enable_direct_compress_copy` on the writers' sessions.
+    pub direct_compress: bool,
 }
+
+/// How metric points are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsLayout {
+    /// `{table}_points (time, series_id, value)` with one `(series_id, time)` index, each
+    /// distinct device/location/metric/unit/attributes once in `{table}_series`, and
+    /// `{table}` a view joining them with the seed's columns.
+    Series,
+    /// The seed's `iot_metrics` table as written: every column on every row, both its indexes.
+    Wide,
+}
+
+impl MetricsLayout {
+    fn parse(value: &str) -> Result<Self, ConfigError> {
+        match value {
+            "series" => Ok(MetricsLayout::Series),
+            "wide" => Ok(MetricsLayout::Wide),
+            other => Err(ConfigError::Resolve(format!(
+                "exporters.postgresql.layout: unknown layout `{other}` (use `series` or `wide`)"
+            ))),
+        }
+    }
+}
+
+/// Series ids cached by default: about 24 MiB when full, enough for 300,000 devices with
+/// three metrics each.
+pub const DEFAULT_SERIES_CACHE: usize = 1 << 20;
 
 /// `processors.batch`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -363,6 +395,15 @@ pub fn resolve(file: &ConfigFile, overrides: &Overrides) -> Result<Settings, Con
             .and_then(|p| p.rollup_retention)
             .map_or(Duration::from_secs(365 * 86_400), |d| d.0),
         writers: pg.and_then(|p| p.writers).unwrap_or(2).clamp(1, 16),
+        layout: match pg.and_then(|p| p.layout.as_deref()) {
+            Some(value) => MetricsLayout::parse(value)?,
+            None => MetricsLayout::Series,
+        },
+        series_cache: pg
+            .and_then(|p| p.series_cache)
+            .unwrap_or(DEFAULT_SERIES_CACHE)
+            .max(1024),
+        direct_compress: pg.and_then(|p| p.direct_compress).unwrap_or(false),
     };
     validate_identifier("exporters.postgresql.schema", &store.schema)?;
     validate_identifier("exporters.postgresql.table_name", &store.metrics_table)?;

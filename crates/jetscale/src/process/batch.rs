@@ -3,9 +3,11 @@
 
 use crate::decode::{self, DecodeContext, Incoming, RecordSink, Rejection};
 use crate::store::copy::RowWriter;
+use crate::store::series::{NewSeries, SeriesCache, SeriesKey};
 use jetscale_model::{DistributionPoint, LogRecord, MetricPoint, SpanRecord};
 use std::collections::{BTreeSet, HashMap};
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// The tables a batch writes rows into, in the order they are written.
@@ -37,6 +39,8 @@ pub struct MessageEntry {
     /// The message's bytes in each of [`Batch::buffers`].
     pub rows: [Range<usize>; 4],
     pub row_count: [u32; 4],
+    /// The message's entries in [`Batch::series_patches`].
+    pub patches: Range<usize>,
     /// Index into [`Batch::dead_letters`] when the message is dead-lettered instead.
     pub dead_letter: Option<usize>,
     /// Reply subjects of every delivery of this message in the batch (a redelivery can
@@ -75,6 +79,14 @@ pub struct Batch {
     pub span_chunks: [BTreeSet<i64>; 3],
     /// Start of every hour the rows fall in (rollup buckets), microseconds since the epoch.
     pub hours: BTreeSet<i64>,
+    /// Series layout: the cache metric rows' series ids come from. `None`: the wide layout,
+    /// every column on every row.
+    series: Option<Arc<SeriesCache>>,
+    /// Series the cache did not know, for the writer to find or create in the transaction.
+    pub new_series: Vec<NewSeries>,
+    new_series_index: HashMap<SeriesKey, u32>,
+    /// `(offset of a placeholder series id in the metrics buffer, index into new_series)`.
+    pub series_patches: Vec<(usize, u32)>,
     by_seq: HashMap<u64, usize>,
     chunk_us: i64,
     last_chunk: i64,
@@ -100,12 +112,27 @@ impl Batch {
             chunks: BTreeSet::new(),
             span_chunks: Default::default(),
             hours: BTreeSet::new(),
+            series: None,
+            new_series: Vec::new(),
+            new_series_index: HashMap::new(),
+            series_patches: Vec::new(),
             by_seq: HashMap::new(),
             chunk_us: chunk_us.max(1),
             last_chunk: i64::MIN,
             last_hour: i64::MIN,
             opened: Instant::now(),
         }
+    }
+
+    /// Metric points in the series layout: `(time, series_id, value)` rows, ids from `cache`.
+    pub fn with_series(mut self, cache: Option<Arc<SeriesCache>>) -> Self {
+        self.series = cache;
+        self
+    }
+
+    /// An empty batch with the same partition width and layout.
+    pub fn fresh(&self, capacity_rows: usize) -> Batch {
+        Batch::new(self.chunk_us, capacity_rows).with_series(self.series.clone())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -152,6 +179,7 @@ impl Batch {
         let start = self.buffer_lens();
         let rows_before = self.row_counts;
         let chunks_before = (self.last_chunk, self.last_hour);
+        let series_before = (self.new_series.len(), self.series_patches.len());
         let mut sink = BatchSink {
             batch: self,
             rows: [0; 4],
@@ -163,6 +191,7 @@ impl Batch {
                 stream_seq: meta.stream_seq,
                 rows: [0, 1, 2, 3].map(|i| start[i]..self.buffers[i].len()),
                 row_count: rows,
+                patches: series_before.1..self.series_patches.len(),
                 dead_letter: None,
                 replies: vec![meta.reply],
                 published_ns: meta.published_ns,
@@ -175,6 +204,12 @@ impl Batch {
                 }
                 self.row_counts = rows_before;
                 (self.last_chunk, self.last_hour) = chunks_before;
+                self.series_patches.truncate(series_before.1);
+                if self.new_series.len() > series_before.0 {
+                    self.new_series.truncate(series_before.0);
+                    let kept = series_before.0 as u32;
+                    self.new_series_index.retain(|_, i| *i < kept);
+                }
                 self.dead_letter(msg, meta, &rejection.to_string());
             }
         }
@@ -199,6 +234,7 @@ impl Batch {
             stream_seq: meta.stream_seq,
             rows: self.buffer_lens().map(|len| len..len),
             row_count: [0; 4],
+            patches: self.series_patches.len()..self.series_patches.len(),
             dead_letter: Some(index),
             replies: vec![meta.reply],
             published_ns: meta.published_ns,
@@ -209,7 +245,10 @@ impl Batch {
 
     /// A batch holding only the chosen messages (by index), for retrying part of a batch.
     pub fn select(&self, keep: &[usize]) -> Batch {
-        let mut out = Batch::new(self.chunk_us, 0);
+        let mut out = self.fresh(0);
+        // Series indexes stay valid: the list is shared whole, patches move with their rows.
+        out.new_series = self.new_series.clone();
+        out.new_series_index = self.new_series_index.clone();
         for &i in keep {
             let Some(m) = self.messages.get(i) else {
                 continue;
@@ -226,10 +265,16 @@ impl Batch {
                     out.dead_letters.push(d.clone());
                     out.dead_letters.len() - 1
                 });
+            let patches_start = out.series_patches.len();
+            for &(offset, series) in &self.series_patches[m.patches.clone()] {
+                out.series_patches
+                    .push((offset - m.rows[0].start + start[0], series));
+            }
             out.by_seq.insert(m.stream_seq, out.messages.len());
             let end = out.buffer_lens();
             out.messages.push(MessageEntry {
                 rows: [0, 1, 2, 3].map(|i| start[i]..end[i]),
+                patches: patches_start..out.series_patches.len(),
                 dead_letter,
                 ..m.clone()
             });
@@ -288,6 +333,37 @@ impl BatchSink<'_> {
     }
 }
 
+impl BatchSink<'_> {
+    /// A `(time, series_id, value)` row. A series the cache does not know gets a placeholder
+    /// id, patched by the writer once the series row is found or created.
+    fn series_point(&mut self, p: &MetricPoint<'_>) {
+        let key = SeriesKey::of(p.source, p.location, p.name, p.unit, p.attributes);
+        let batch = &mut *self.batch;
+        let known = batch.series.as_ref().and_then(|cache| cache.get(&key));
+        let buffer = &mut batch.buffers[Table::Metrics as usize];
+        let mut row = RowWriter::begin(buffer, 3);
+        row.timestamptz_ns(p.time_unix_nano);
+        let id_offset = row.int8_offset(known.unwrap_or(0));
+        row.float8(p.value);
+        if known.is_none() {
+            let index = *batch.new_series_index.entry(key).or_insert_with(|| {
+                batch.new_series.push(NewSeries {
+                    key,
+                    device_id: p.source.to_owned(),
+                    location: p.location.to_owned(),
+                    metric_name: p.name.to_owned(),
+                    unit: p.unit.to_owned(),
+                    attributes: p.attributes.to_owned(),
+                });
+                (batch.new_series.len() - 1) as u32
+            });
+            batch.series_patches.push((id_offset, index));
+        }
+        batch.row_counts[Table::Metrics as usize] += 1;
+        self.rows[Table::Metrics as usize] += 1;
+    }
+}
+
 fn opt_float(w: &mut RowWriter<'_>, v: Option<f64>) {
     match v {
         Some(v) => w.float8(v),
@@ -302,6 +378,10 @@ fn json_or(w: &mut RowWriter<'_>, text: &str, empty: &str) {
 impl RecordSink for BatchSink<'_> {
     fn metric(&mut self, p: &MetricPoint<'_>) -> Result<(), Rejection> {
         self.batch.note_time(p.time_unix_nano);
+        if self.batch.series.is_some() {
+            self.series_point(p);
+            return Ok(());
+        }
         self.row(Table::Metrics, 7)
             .timestamptz_ns(p.time_unix_nano)
             .text(p.source)

@@ -67,6 +67,14 @@ impl<'a> RowWriter<'a> {
         self
     }
 
+    /// `int8`, returning where its eight bytes start so the value can be patched later.
+    pub fn int8_offset(&mut self, v: i64) -> usize {
+        self.out.extend_from_slice(&8i32.to_be_bytes());
+        let at = self.out.len();
+        self.out.extend_from_slice(&v.to_be_bytes());
+        at
+    }
+
     /// `int4`.
     pub fn int4(&mut self, v: i32) -> &mut Self {
         self.out.extend_from_slice(&4i32.to_be_bytes());

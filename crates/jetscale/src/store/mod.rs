@@ -6,6 +6,7 @@ pub mod ledger;
 pub mod maintenance;
 pub mod query;
 pub mod schema;
+pub mod series;
 pub mod tls;
 pub mod writer;
 

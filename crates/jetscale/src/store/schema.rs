@@ -5,13 +5,13 @@
 //! race (timescaledb issue 4149), and every statement is idempotent.
 
 use super::StoreError;
-use crate::config::StoreSettings;
+use crate::config::{MetricsLayout, StoreSettings};
 use crate::process::Table;
 use std::time::Duration;
 use tokio_postgres::Client;
 
 /// Bumped when the jetscale-owned objects change shape.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 const MIGRATION_LOCK: i64 = 0x6a65_7473_6361_6c65; // "jetscale"
 
 /// Which storage engine is behind the tables.
@@ -25,16 +25,34 @@ pub enum Backend {
         major: u32,
         minor: u32,
         apache_only: bool,
+        /// `direct_compress` configured: COPY writes compressed batches (2.21+).
+        direct_compress: bool,
     },
 }
 
 impl Backend {
     /// Whether the hourly rollup is a TimescaleDB continuous aggregate with a policy.
     pub fn continuous_aggregate(&self) -> bool {
+        match self {
+            Backend::Native => false,
+            Backend::Timescale {
+                major,
+                minor,
+                apache_only,
+                direct_compress,
+            } => {
+                // Continuous aggregates see directly compressed COPYs from 2.24 on; before
+                // that jetscale keeps the rollup itself.
+                !apache_only && (!direct_compress || (*major, *minor) >= (2, 24))
+            }
+        }
+    }
+    /// Whether writers switch on `timescaledb.enable_direct_compress_copy`.
+    pub fn direct_compress(&self) -> bool {
         matches!(
             self,
             Backend::Timescale {
-                apache_only: false,
+                direct_compress: true,
                 ..
             }
         )
@@ -53,11 +71,17 @@ impl std::fmt::Display for Backend {
                 major,
                 minor,
                 apache_only,
+                direct_compress,
             } => write!(
                 f,
-                "TimescaleDB {major}.{minor}{}",
+                "TimescaleDB {major}.{minor}{}{}",
                 if *apache_only {
                     " (Apache license: jetscale runs rollups and retention)"
+                } else {
+                    ""
+                },
+                if *direct_compress {
+                    " with direct compress"
                 } else {
                     ""
                 }
@@ -71,8 +95,14 @@ impl std::fmt::Display for Backend {
 pub struct Names {
     pub schema: String,
     pub table: String,
-    /// `"schema"."table"`.
+    pub layout: MetricsLayout,
+    /// `"schema"."table"`: what users query (a view in the series layout).
     pub metrics: String,
+    /// Series layout: the narrow points table and the series table.
+    pub points: String,
+    pub series: String,
+    /// Series layout on TimescaleDB: the continuous aggregate per series behind `hourly`.
+    pub points_hourly: String,
     /// The rollup users query: `"schema"."table_hourly"`.
     pub hourly: String,
     /// Native rollup storage.
@@ -87,10 +117,15 @@ pub struct Names {
 impl Names {
     pub fn new(s: &StoreSettings) -> Self {
         let q = |name: &str| format!("\"{}\".\"{}\"", s.schema, name);
+        let points_plain = format!("{}_points", s.metrics_table);
         Names {
             schema: format!("\"{}\"", s.schema),
             table: s.metrics_table.clone(),
+            layout: s.layout,
             metrics: q(&s.metrics_table),
+            points: q(&points_plain),
+            series: q(&format!("{}_series", s.metrics_table)),
+            points_hourly: q(&format!("{}_points_hourly", s.metrics_table)),
             hourly: q(&format!("{}_hourly", s.metrics_table)),
             hourly_data: q(&format!("{}_hourly_data", s.metrics_table)),
             dead_letters: q(&s.dead_letter_table),
@@ -98,21 +133,27 @@ impl Names {
             spans: q(&s.spans_table),
             logs: q(&s.logs_table),
             plain: [
-                s.metrics_table.clone(),
+                match s.layout {
+                    MetricsLayout::Series => points_plain,
+                    MetricsLayout::Wide => s.metrics_table.clone(),
+                },
                 s.distributions_table.clone(),
                 s.spans_table.clone(),
                 s.logs_table.clone(),
             ],
         }
     }
-    /// The unquoted name of a table (as the partition functions take it).
+    /// The unquoted name of the table rows go into (as the partition functions take it).
     pub fn plain(&self, table: Table) -> &str {
         &self.plain[table as usize]
     }
-    /// The quoted name of a table.
+    /// The quoted name of the table rows go into.
     pub fn quoted(&self, table: Table) -> &str {
         match table {
-            Table::Metrics => &self.metrics,
+            Table::Metrics => match self.layout {
+                MetricsLayout::Series => &self.points,
+                MetricsLayout::Wide => &self.metrics,
+            },
             Table::Distributions => &self.distributions,
             Table::Spans => &self.spans,
             Table::Logs => &self.logs,
@@ -141,7 +182,10 @@ pub struct MigrationReport {
 }
 
 /// Finds out which backend is available, installing TimescaleDB when it can.
-pub async fn detect_backend(client: &Client) -> Result<Backend, StoreError> {
+pub async fn detect_backend(
+    client: &Client,
+    settings: &StoreSettings,
+) -> Result<Backend, StoreError> {
     let installed = client
         .query_opt(
             "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'",
@@ -189,10 +233,16 @@ pub async fn detect_backend(client: &Client) -> Result<Backend, StoreError> {
         .query_opt("SELECT current_setting('timescaledb.license', true)", &[])
         .await?
         .and_then(|r| r.get(0));
+    if settings.direct_compress && (major, minor) < (2, 21) {
+        return Err(StoreError::Other(format!(
+            "exporters.postgresql.direct_compress needs TimescaleDB 2.21 or later, this database has {major}.{minor}: upgrade the extension or remove the setting"
+        )));
+    }
     Ok(Backend::Timescale {
         major,
         minor,
         apache_only: license.as_deref() == Some("apache"),
+        direct_compress: settings.direct_compress,
     })
 }
 
@@ -222,11 +272,12 @@ async fn migrate_locked(
 ) -> Result<MigrationReport, StoreError> {
     let names = Names::new(settings);
     let mut report = MigrationReport::default();
-    let backend = detect_backend(client).await?;
+    let backend = detect_backend(client, settings).await?;
     report.backend = Some(backend.clone());
     client
         .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", names.schema))
         .await?;
+    check_layout(client, &names).await?;
     let current: Option<i32> = match client
         .query_opt(
             &format!(
@@ -245,19 +296,9 @@ async fn migrate_locked(
     tx.batch_execute(&bookkeeping_sql(&names)).await?;
     match &backend {
         Backend::Native => tx.batch_execute(&native_sql(&names, settings)).await?,
-        Backend::Timescale {
-            major,
-            minor,
-            apache_only,
-        } => {
-            tx.batch_execute(&timescale_sql(
-                &names,
-                settings,
-                *major,
-                *minor,
-                *apache_only,
-            ))
-            .await?
+        Backend::Timescale { major, minor, .. } => {
+            tx.batch_execute(&timescale_sql(&names, settings, &backend, *major, *minor))
+                .await?
         }
     }
     if !backend.continuous_aggregate() {
@@ -265,7 +306,10 @@ async fn migrate_locked(
     }
     tx.batch_execute(&signal_tables_sql(&names, &backend, settings))
         .await?;
-    for table in [Table::Distributions, Table::Spans, Table::Logs] {
+    for table in Table::ALL {
+        if names.plain(table) == names.table {
+            continue;
+        }
         // Registered so the partition functions accept them.
         tx.execute(
             &format!(
@@ -288,14 +332,50 @@ async fn migrate_locked(
     )
     .await?;
     tx.commit().await?;
+    if names.layout == MetricsLayout::Series {
+        report.notes.push(format!(
+            "{} is a view of {} (time, series_id, value) joined with {} (one row per device, location, metric, unit and attributes)",
+            names.metrics, names.points, names.series
+        ));
+    }
     if backend.native_partitions() {
         report.notes.push(format!(
             "{} is range-partitioned by time in {} chunks; jetscale creates partitions ahead and on demand",
-            names.metrics,
+            names.quoted(Table::Metrics),
             crate::config::units::format_duration(settings.chunk_interval)
         ));
     }
     Ok(report)
+}
+
+/// Refuses to migrate over the other layout's relations, with what to do instead.
+pub async fn check_layout(client: &Client, names: &Names) -> Result<(), StoreError> {
+    let kind = |relation: String| async move {
+        client
+            .query_opt(
+                "SELECT c.relkind::text FROM pg_class c WHERE c.oid = to_regclass($1)",
+                &[&relation],
+            )
+            .await
+            .map(|row| row.map(|r| r.get::<_, String>(0)))
+    };
+    let metrics_kind = kind(names.metrics.clone()).await?;
+    let points_kind = kind(names.points.clone()).await?;
+    match names.layout {
+        MetricsLayout::Series if matches!(metrics_kind.as_deref(), Some("r" | "p")) => {
+            Err(StoreError::Other(format!(
+                "{} already exists as a table (the wide layout): set exporters.postgresql.layout: wide to keep writing it, or rename it to switch to the series layout",
+                names.metrics
+            )))
+        }
+        MetricsLayout::Wide if metrics_kind.as_deref() == Some("v") && points_kind.is_some() => {
+            Err(StoreError::Other(format!(
+                "{} is jetscale's series-layout view of {}: set exporters.postgresql.layout: series (or leave it out) to keep writing it",
+                names.metrics, names.points
+            )))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Tables every backend needs: delivery ledger, dead letters, bookkeeping.
@@ -394,6 +474,52 @@ CREATE INDEX IF NOT EXISTS {idx_location} ON {metrics} (location, metric_name, t
     )
 }
 
+/// Where metric points are stored. Wide: the seed's table. Series: a narrow points table
+/// with one `(series_id, time)` index, the series table (hash indexes: equality is all the
+/// view's joins and filters need, and they take values of any length), and the seed's
+/// columns as a view, so the seed's SQL runs verbatim. `after_create` runs after the points
+/// (or wide) table is created and before its indexes (create_hypertable).
+fn metrics_storage_sql(n: &Names, partition_clause: &str, after_create: &str) -> String {
+    if n.layout == MetricsLayout::Wide {
+        return metrics_table_sql(n, partition_clause, after_create);
+    }
+    let idx = |suffix: &str| format!("\"{}_{suffix}\"", n.table);
+    format!(
+        r#"
+CREATE TABLE IF NOT EXISTS {series} (
+    series_id   BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+    series_key  UUID NOT NULL UNIQUE,
+    device_id   TEXT NOT NULL,
+    location    TEXT NOT NULL,
+    metric_name TEXT NOT NULL,
+    unit        TEXT,
+    attributes  JSONB NOT NULL DEFAULT '{{}}',
+    created_at  TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS {series_device} ON {series} USING hash (device_id);
+CREATE INDEX IF NOT EXISTS {series_location} ON {series} USING hash (location);
+CREATE INDEX IF NOT EXISTS {series_metric} ON {series} USING hash (metric_name);
+CREATE TABLE IF NOT EXISTS {points} (
+    time      TIMESTAMPTZ NOT NULL,
+    series_id BIGINT NOT NULL,
+    value     DOUBLE PRECISION NOT NULL
+){partition_clause};
+{after_create}
+CREATE INDEX IF NOT EXISTS {points_idx} ON {points} (series_id, time DESC);
+CREATE OR REPLACE VIEW {metrics} AS
+SELECT p.time, s.device_id, s.location, s.metric_name, p.value, s.unit, s.attributes
+FROM {points} p JOIN {series} s ON s.series_id = p.series_id;
+"#,
+        series = n.series,
+        points = n.points,
+        metrics = n.metrics,
+        series_device = idx("series_device"),
+        series_location = idx("series_location"),
+        series_metric = idx("series_metric"),
+        points_idx = idx("points_series_time"),
+    )
+}
+
 /// The metrics table as a partitioned table, and the functions that manage its partitions.
 fn native_sql(n: &Names, s: &StoreSettings) -> String {
     let schema_plain = n.schema.trim_matches('"');
@@ -458,7 +584,7 @@ END
 $fn$;
 INSERT INTO {rollup_state} (relation) VALUES ('{table}') ON CONFLICT DO NOTHING;
 "#,
-        metrics_table = metrics_table_sql(n, " PARTITION BY RANGE (time)", ""),
+        metrics_table = metrics_storage_sql(n, " PARTITION BY RANGE (time)", ""),
         s = n.schema,
         table = n.table,
         schema_t = n.own("jetscale_schema"),
@@ -554,6 +680,7 @@ CREATE INDEX IF NOT EXISTS {logs_trace} ON {logs} (trace_id) WHERE trace_id IS N
         major,
         minor,
         apache_only,
+        ..
     } = backend
     {
         for table in [Table::Distributions, Table::Spans, Table::Logs] {
@@ -579,31 +706,51 @@ CREATE INDEX IF NOT EXISTS {logs_trace} ON {logs} (trace_id) WHERE trace_id IS N
 fn timescale_sql(
     n: &Names,
     s: &StoreSettings,
+    backend: &Backend,
     major: u32,
     minor: u32,
-    apache_only: bool,
 ) -> String {
     let v213 = (major, minor) >= (2, 13);
+    let storage = n.quoted(Table::Metrics).replace('\'', "''");
+    let chunk = interval(s.chunk_interval);
     let hypertable = if v213 {
-        format!(
-            "SELECT create_hypertable('{m}', by_range('time', INTERVAL '{c}'), if_not_exists => TRUE);",
-            m = n.metrics.replace('\'', "''"),
-            c = interval(s.chunk_interval)
-        )
+        format!("SELECT create_hypertable('{storage}', by_range('time', INTERVAL '{chunk}'), if_not_exists => TRUE);")
     } else {
-        format!(
-            "SELECT create_hypertable('{m}', 'time', chunk_time_interval => INTERVAL '{c}', if_not_exists => TRUE);",
-            m = n.metrics.replace('\'', "''"),
-            c = interval(s.chunk_interval)
-        )
+        format!("SELECT create_hypertable('{storage}', 'time', chunk_time_interval => INTERVAL '{chunk}', if_not_exists => TRUE);")
     };
-    let mut sql = metrics_table_sql(n, "", &hypertable);
-    if !apache_only {
+    let mut sql = metrics_storage_sql(n, "", &hypertable);
+    if backend.direct_compress() {
+        // Compressed batches segmented by series and ordered by time: what the
+        // `(series_id, time)` index gives uncompressed chunks.
+        let segment = match n.layout {
+            MetricsLayout::Series => "series_id",
+            MetricsLayout::Wide => "device_id",
+        };
+        sql.push_str(&format!(
+            "ALTER TABLE {} SET (timescaledb.compress, timescaledb.compress_segmentby = '{segment}', timescaledb.compress_orderby = 'time DESC');\n",
+            n.quoted(Table::Metrics)
+        ));
+    }
+    if backend.continuous_aggregate() {
         // The refresh window must end before raw retention starts, or a refresh over dropped
         // raw data would empty the aggregate.
         let start_offset = (s.retention / 2).max(Duration::from_secs(2 * 3600));
-        sql.push_str(&format!(
-            r#"
+        // Since 2.13 continuous aggregates are materialized-only by default; the seed's
+        // dashboards expect the current hour too.
+        let realtime = |view: &str| {
+            if v213 {
+                format!(
+                    "ALTER MATERIALIZED VIEW {view} SET (timescaledb.materialized_only = false);"
+                )
+            } else {
+                String::new()
+            }
+        };
+        let (aggregate, aggregate_sql) = match n.layout {
+            MetricsLayout::Wide => (
+                n.hourly.clone(),
+                format!(
+                    r#"
 CREATE MATERIALIZED VIEW IF NOT EXISTS {hourly}
 WITH (timescaledb.continuous) AS
 SELECT
@@ -619,24 +766,68 @@ FROM {metrics}
 GROUP BY bucket, device_id, location, metric_name
 WITH NO DATA;
 {realtime}
-SELECT add_continuous_aggregate_policy('{hourly_lit}', start_offset => INTERVAL '{start}', end_offset => INTERVAL '1 hour', schedule_interval => INTERVAL '30 minutes', if_not_exists => TRUE);
-SELECT add_retention_policy('{metrics_lit}', INTERVAL '{raw}', if_not_exists => TRUE);
-SELECT add_retention_policy('{hourly_lit}', INTERVAL '{rollup}', if_not_exists => TRUE);
 "#,
-            hourly = n.hourly,
-            metrics = n.metrics,
-            // Since 2.13 continuous aggregates are materialized-only by default; the seed's
-            // dashboards expect the current hour too.
-            realtime = if v213 {
-                format!("ALTER MATERIALIZED VIEW {} SET (timescaledb.materialized_only = false);", n.hourly)
-            } else {
-                String::new()
-            },
-            hourly_lit = n.hourly.replace('\'', "''"),
-            metrics_lit = n.metrics.replace('\'', "''"),
+                    hourly = n.hourly,
+                    metrics = n.metrics,
+                    realtime = realtime(&n.hourly),
+                ),
+            ),
+            // A continuous aggregate reads one hypertable: it sums per series, and the
+            // seed's `_hourly` relation is a view regrouping those sums by device, location
+            // and metric.
+            MetricsLayout::Series => (
+                n.points_hourly.clone(),
+                format!(
+                    r#"
+CREATE MATERIALIZED VIEW IF NOT EXISTS {points_hourly}
+WITH (timescaledb.continuous) AS
+SELECT
+    time_bucket('1 hour', time) AS bucket,
+    series_id,
+    sum(value) AS sum_value,
+    min(value) AS min_value,
+    max(value) AS max_value,
+    count(*) AS sample_count
+FROM {points}
+GROUP BY bucket, series_id
+WITH NO DATA;
+{realtime}
+CREATE OR REPLACE VIEW {hourly} AS
+SELECT h.bucket, s.device_id, s.location, s.metric_name,
+       sum(h.sum_value) / sum(h.sample_count) AS avg_value, min(h.min_value) AS min_value,
+       max(h.max_value) AS max_value, sum(h.sample_count)::bigint AS sample_count
+FROM {points_hourly} h JOIN {series} s ON s.series_id = h.series_id
+GROUP BY 1, 2, 3, 4;
+"#,
+                    points_hourly = n.points_hourly,
+                    points = n.points,
+                    series = n.series,
+                    hourly = n.hourly,
+                    realtime = realtime(&n.points_hourly),
+                ),
+            ),
+        };
+        sql.push_str(&aggregate_sql);
+        let aggregate = aggregate.replace('\'', "''");
+        sql.push_str(&format!(
+            r#"
+SELECT add_continuous_aggregate_policy('{aggregate}', start_offset => INTERVAL '{start}', end_offset => INTERVAL '1 hour', schedule_interval => INTERVAL '30 minutes', if_not_exists => TRUE);
+SELECT add_retention_policy('{aggregate}', INTERVAL '{rollup}', if_not_exists => TRUE);
+"#,
             start = interval(start_offset),
-            raw = interval(s.retention),
             rollup = interval(s.rollup_retention),
+        ));
+    }
+    if !matches!(
+        backend,
+        Backend::Timescale {
+            apache_only: true,
+            ..
+        }
+    ) {
+        sql.push_str(&format!(
+            "SELECT add_retention_policy('{storage}', INTERVAL '{}', if_not_exists => TRUE);\n",
+            interval(s.retention)
         ));
     }
     sql
@@ -648,6 +839,35 @@ SELECT add_retention_policy('{hourly_lit}', INTERVAL '{rollup}', if_not_exists =
 /// it always answers like a real-time continuous aggregate.
 fn native_rollup_sql(n: &Names) -> String {
     let schema_plain = n.schema.trim_matches('"');
+    let open_hours = match n.layout {
+        MetricsLayout::Wide => format!(
+            "SELECT date_bin('1 hour', time, TIMESTAMPTZ '2000-01-03 00:00:00+00') AS bucket, device_id, location, metric_name,
+       avg(value) AS avg_value, min(value) AS min_value, max(value) AS max_value, count(*) AS sample_count
+FROM {metrics}
+WHERE time >= (SELECT watermark FROM {rollup_state} WHERE relation = '{table}')
+GROUP BY 1, 2, 3, 4",
+            metrics = n.metrics,
+            rollup_state = n.own("jetscale_rollup_state"),
+            table = n.table,
+        ),
+        // Summed per series first, then regrouped: one join per series and hour, not per point.
+        MetricsLayout::Series => format!(
+            "SELECT a.bucket, s.device_id, s.location, s.metric_name,
+       sum(a.sum_value) / sum(a.sample_count) AS avg_value, min(a.min_value) AS min_value,
+       max(a.max_value) AS max_value, sum(a.sample_count)::bigint AS sample_count
+FROM (SELECT date_bin('1 hour', time, TIMESTAMPTZ '2000-01-03 00:00:00+00') AS bucket, series_id,
+             sum(value) AS sum_value, min(value) AS min_value, max(value) AS max_value, count(*) AS sample_count
+      FROM {points}
+      WHERE time >= (SELECT watermark FROM {rollup_state} WHERE relation = '{table}')
+      GROUP BY 1, 2) a
+JOIN {series} s ON s.series_id = a.series_id
+GROUP BY 1, 2, 3, 4",
+            points = n.points,
+            series = n.series,
+            rollup_state = n.own("jetscale_rollup_state"),
+            table = n.table,
+        ),
+    };
     format!(
         r#"
 CREATE TABLE IF NOT EXISTS {data} (
@@ -668,11 +888,7 @@ SELECT bucket, device_id, location, metric_name,
 FROM {data}
 WHERE bucket < (SELECT watermark FROM {rollup_state} WHERE relation = '{table}')
 UNION ALL
-SELECT date_bin('1 hour', time, TIMESTAMPTZ '2000-01-03 00:00:00+00') AS bucket, device_id, location, metric_name,
-       avg(value) AS avg_value, min(value) AS min_value, max(value) AS max_value, count(*) AS sample_count
-FROM {metrics}
-WHERE time >= (SELECT watermark FROM {rollup_state} WHERE relation = '{table}')
-GROUP BY 1, 2, 3, 4;
+{open_hours};
 
 -- Materializes the hours closed since the last run and recomputes invalidated ones. Takes
 -- the rollup lock exclusively: writers hold it shared, so no row can commit into an hour
@@ -684,8 +900,20 @@ DECLARE
     new_wm TIMESTAMPTZ := date_bin('1 hour', now(), TIMESTAMPTZ '2000-01-03 00:00:00+00');
     b TIMESTAMPTZ;
     refreshed INTEGER := 0;
-    agg TEXT := 'SELECT date_bin(''1 hour'', time, TIMESTAMPTZ ''2000-01-03 00:00:00+00''), device_id, location, metric_name, '
-             || 'sum(value), min(value), max(value), count(*) FROM %I.%I WHERE time >= $1 AND time < $2 GROUP BY 1, 2, 3, 4';
+    series_layout BOOLEAN := to_regclass(format('%I.%I', '{schema_plain}', p_table || '_points')) IS NOT NULL
+                             AND to_regclass(format('%I.%I', '{schema_plain}', p_table || '_series')) IS NOT NULL;
+    raw_table TEXT := CASE WHEN series_layout THEN p_table || '_points' ELSE p_table END;
+    agg TEXT := CASE WHEN series_layout THEN
+                  format('SELECT a.b, s.device_id, s.location, s.metric_name, sum(a.sv), min(a.mn), max(a.mx), sum(a.c) '
+                      || 'FROM (SELECT date_bin(''1 hour'', time, TIMESTAMPTZ ''2000-01-03 00:00:00+00'') AS b, series_id, '
+                      || 'sum(value) AS sv, min(value) AS mn, max(value) AS mx, count(*) AS c FROM %1$I.%2$I '
+                      || 'WHERE time >= $1 AND time < $2 GROUP BY 1, 2) a JOIN %1$I.%3$I s ON s.series_id = a.series_id '
+                      || 'GROUP BY 1, 2, 3, 4', '{schema_plain}', p_table || '_points', p_table || '_series')
+                ELSE
+                  format('SELECT date_bin(''1 hour'', time, TIMESTAMPTZ ''2000-01-03 00:00:00+00''), device_id, location, metric_name, '
+                      || 'sum(value), min(value), max(value), count(*) FROM %I.%I WHERE time >= $1 AND time < $2 GROUP BY 1, 2, 3, 4',
+                         '{schema_plain}', p_table)
+                END;
     upsert TEXT := ' ON CONFLICT (bucket, device_id, location, metric_name) DO UPDATE SET sum_value = EXCLUDED.sum_value, '
              || 'min_value = EXCLUDED.min_value, max_value = EXCLUDED.max_value, sample_count = EXCLUDED.sample_count';
 BEGIN
@@ -698,17 +926,17 @@ BEGIN
         RETURN 0;
     END IF;
     IF old_wm = '-infinity' THEN
-        EXECUTE format('SELECT date_bin(''1 hour'', min(time), TIMESTAMPTZ ''2000-01-03 00:00:00+00'') FROM %I.%I', '{schema_plain}', p_table) INTO old_wm;
+        EXECUTE format('SELECT date_bin(''1 hour'', min(time), TIMESTAMPTZ ''2000-01-03 00:00:00+00'') FROM %I.%I', '{schema_plain}', raw_table) INTO old_wm;
         old_wm := coalesce(least(old_wm, new_wm), new_wm);
     END IF;
     IF new_wm > old_wm THEN
-        EXECUTE format('INSERT INTO %I.%I ' || agg || upsert, '{schema_plain}', p_table || '_hourly_data', '{schema_plain}', p_table)
+        EXECUTE format('INSERT INTO %I.%I ', '{schema_plain}', p_table || '_hourly_data') || agg || upsert
             USING old_wm, new_wm;
         refreshed := refreshed + (extract(epoch FROM new_wm - old_wm) / 3600)::INTEGER;
     END IF;
     FOR b IN DELETE FROM {invalidations} WHERE relation = p_table AND bucket < old_wm RETURNING bucket LOOP
         EXECUTE format('DELETE FROM %I.%I WHERE bucket = $1', '{schema_plain}', p_table || '_hourly_data') USING b;
-        EXECUTE format('INSERT INTO %I.%I ' || agg || upsert, '{schema_plain}', p_table || '_hourly_data', '{schema_plain}', p_table)
+        EXECUTE format('INSERT INTO %I.%I ', '{schema_plain}', p_table || '_hourly_data') || agg || upsert
             USING b, b + INTERVAL '1 hour';
         refreshed := refreshed + 1;
     END LOOP;
@@ -719,7 +947,6 @@ $fn$;
 "#,
         data = n.hourly_data,
         hourly = n.hourly,
-        metrics = n.metrics,
         table = n.table,
         s = n.schema,
         schema_t = n.own("jetscale_schema"),

@@ -6,7 +6,9 @@
 use super::copy::{HEADER, TRAILER};
 use super::ledger::{self, StreamKey};
 use super::schema::{Backend, Names};
+use super::series::{SeriesCache, SeriesKey};
 use super::StoreError;
+use crate::config::MetricsLayout;
 use crate::process::{Batch, DeadLetter, Table};
 use bytes::Bytes;
 use futures::SinkExt;
@@ -58,6 +60,14 @@ impl PartitionCache {
     }
 }
 
+/// What every writer of the process shares: the partitions known to exist and, in the
+/// series layout, the series ids.
+#[derive(Debug, Clone, Default)]
+pub struct SharedCaches {
+    pub partitions: Arc<PartitionCache>,
+    pub series: Option<Arc<SeriesCache>>,
+}
+
 /// One database connection writing batches.
 pub struct Writer {
     client: Client,
@@ -67,7 +77,10 @@ pub struct Writer {
     backend: Backend,
     chunk: Duration,
     partitions: Arc<PartitionCache>,
+    series: Option<Arc<SeriesCache>>,
     copy_sql: [String; 4],
+    /// Session settings applied since the connection was made.
+    session_ready: bool,
 }
 
 const MAX_LEDGER_RETRIES: usize = 8;
@@ -80,13 +93,20 @@ impl Writer {
         stream: String,
         backend: Backend,
         chunk: Duration,
-        partitions: Arc<PartitionCache>,
+        caches: SharedCaches,
     ) -> Self {
+        let SharedCaches { partitions, series } = caches;
         let copy_sql = [
-            format!(
-                "COPY {} (time, device_id, location, metric_name, value, unit, attributes) FROM STDIN (FORMAT binary)",
-                names.metrics
-            ),
+            match names.layout {
+                MetricsLayout::Series => format!(
+                    "COPY {} (time, series_id, value) FROM STDIN (FORMAT binary)",
+                    names.points
+                ),
+                MetricsLayout::Wide => format!(
+                    "COPY {} (time, device_id, location, metric_name, value, unit, attributes) FROM STDIN (FORMAT binary)",
+                    names.metrics
+                ),
+            },
             format!(
                 "COPY {} (time, start_time, device_id, location, metric_name, unit, kind, temporality, count, sum, min, max, buckets, attributes) FROM STDIN (FORMAT binary)",
                 names.distributions
@@ -105,7 +125,9 @@ impl Writer {
             backend,
             chunk,
             partitions,
+            series,
             copy_sql,
+            session_ready: false,
         }
     }
 
@@ -117,6 +139,15 @@ impl Writer {
     /// Writes a batch. Transient errors are returned for the caller to retry the same
     /// batch; data errors are handled here.
     pub async fn write(&mut self, batch: &Batch) -> Result<Committed, StoreError> {
+        if !self.session_ready {
+            if self.backend.direct_compress() {
+                // TimescaleDB 2.21+: COPY compresses in memory and writes columnstore batches.
+                self.client
+                    .batch_execute("SET timescaledb.enable_direct_compress_copy = on")
+                    .await?;
+            }
+            self.session_ready = true;
+        }
         self.ensure_partitions(batch).await?;
         self.write_isolating(batch).await
     }
@@ -271,6 +302,17 @@ impl Writer {
         if !seqs.is_empty() {
             ledger::record(&tx, names, self.key, &seqs).await?;
         }
+        // Series the cache did not know are found or created in this transaction, so a
+        // series row commits with its first points and a rolled-back batch leaves no ids
+        // in the cache.
+        let (patched_metrics, resolved) = if work.series_patches.is_empty() {
+            (None, Vec::new())
+        } else {
+            let (ids, resolved) = resolve_series(&tx, names, work).await?;
+            let mut buffer = work.buffer(Table::Metrics).to_vec();
+            patch_series_ids(&mut buffer, &work.series_patches, &ids)?;
+            (Some(buffer), resolved)
+        };
         for table in Table::ALL {
             if work.rows(table) == 0 {
                 continue;
@@ -287,8 +329,11 @@ impl Writer {
             let sink = tx.copy_in(copy_sql.as_str()).await?;
             futures::pin_mut!(sink);
             sink.feed(Bytes::from_static(HEADER)).await?;
-            sink.feed(Bytes::copy_from_slice(work.buffer(table)))
-                .await?;
+            let rows = match (&patched_metrics, table) {
+                (Some(patched), Table::Metrics) => patched.as_slice(),
+                _ => work.buffer(table),
+            };
+            sink.feed(Bytes::copy_from_slice(rows)).await?;
             sink.feed(Bytes::from_static(TRAILER)).await?;
             sink.finish().await?;
             if table == Table::Spans {
@@ -327,12 +372,129 @@ impl Writer {
             .await?;
         }
         tx.commit().await?;
+        if let Some(cache) = &self.series {
+            cache.insert_all(resolved);
+        }
         outcome.rows = work.row_counts.iter().sum();
         outcome.messages = work.messages.len();
         outcome.dead_letters = work.dead_letters.len();
         outcome.published_ns = work.messages.iter().map(|m| m.published_ns).collect();
         Ok(outcome)
     }
+}
+
+/// Writes resolved series ids over their placeholders in a copy of the metrics rows.
+pub fn patch_series_ids(
+    rows: &mut [u8],
+    patches: &[(usize, u32)],
+    ids: &[Option<i64>],
+) -> Result<(), StoreError> {
+    for &(offset, series) in patches {
+        let id = ids.get(series as usize).copied().flatten().ok_or_else(|| {
+            StoreError::Other("a new series was neither found nor created".into())
+        })?;
+        let slot = rows.get_mut(offset..offset + 8).ok_or_else(|| {
+            StoreError::Other("a series placeholder lies outside the batch".into())
+        })?;
+        slot.copy_from_slice(&id.to_be_bytes());
+    }
+    Ok(())
+}
+
+/// Finds or creates the series the batch's patches refer to. Returns the id of each entry of
+/// `batch.new_series` that is referred to, and the `(key, id)` pairs for the cache.
+pub async fn resolve_series(
+    tx: &tokio_postgres::Transaction<'_>,
+    names: &Names,
+    batch: &Batch,
+) -> Result<(Vec<Option<i64>>, Vec<(SeriesKey, i64)>), StoreError> {
+    let mut wanted: Vec<u32> = batch.series_patches.iter().map(|&(_, s)| s).collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    // Inserted in key order, so two writers creating overlapping series lock them in the
+    // same order and never deadlock.
+    wanted.sort_by_key(|&i| batch.new_series.get(i as usize).map(|s| s.key));
+    let mut ids: Vec<Option<i64>> = vec![None; batch.new_series.len()];
+    let lookup = format!(
+        "SELECT t.i, s.series_id FROM unnest($1::text[]) WITH ORDINALITY AS t(k, i)
+         JOIN {} s ON s.series_key = t.k::uuid",
+        names.series
+    );
+    find_series(tx, &lookup, batch, &wanted, &mut ids).await?;
+    let missing: Vec<u32> = wanted
+        .iter()
+        .copied()
+        .filter(|&i| ids[i as usize].is_none())
+        .collect();
+    if !missing.is_empty() {
+        let column = |f: fn(&super::series::NewSeries) -> String| -> Vec<String> {
+            missing
+                .iter()
+                .filter_map(|&i| batch.new_series.get(i as usize))
+                .map(f)
+                .collect()
+        };
+        let keys = column(|s| s.key.uuid_text());
+        let devices = column(|s| s.device_id.clone());
+        let locations = column(|s| s.location.clone());
+        let metrics = column(|s| s.metric_name.clone());
+        let units = column(|s| s.unit.clone());
+        let attributes = column(|s| {
+            if s.attributes.is_empty() {
+                "{}".to_owned()
+            } else {
+                s.attributes.clone()
+            }
+        });
+        tx.execute(
+            &format!(
+                "INSERT INTO {} (series_key, device_id, location, metric_name, unit, attributes)
+                 SELECT k::uuid, d, l, m, NULLIF(u, ''), a::jsonb
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) AS t(k, d, l, m, u, a)
+                 ORDER BY k
+                 ON CONFLICT (series_key) DO NOTHING",
+                names.series
+            ),
+            &[&keys, &devices, &locations, &metrics, &units, &attributes],
+        )
+        .await?;
+        // Ours, or another writer's that committed while this insert waited on it.
+        find_series(tx, &lookup, batch, &missing, &mut ids).await?;
+    }
+    let resolved = wanted
+        .iter()
+        .filter_map(|&i| {
+            let id = ids[i as usize]?;
+            Some((batch.new_series.get(i as usize)?.key, id))
+        })
+        .collect();
+    Ok((ids, resolved))
+}
+
+/// Looks up the ids of the `pending` entries of `batch.new_series` into `ids`.
+async fn find_series(
+    tx: &tokio_postgres::Transaction<'_>,
+    lookup: &str,
+    batch: &Batch,
+    pending: &[u32],
+    ids: &mut [Option<i64>],
+) -> Result<(), StoreError> {
+    let keys: Vec<String> = pending
+        .iter()
+        .filter_map(|&i| batch.new_series.get(i as usize))
+        .map(|s| s.key.uuid_text())
+        .collect();
+    for row in tx.query(lookup, &[&keys]).await? {
+        let ordinal: i64 = row.get(0);
+        let id: i64 = row.get(1);
+        let series = usize::try_from(ordinal - 1)
+            .ok()
+            .and_then(|o| pending.get(o));
+        if let Some(slot) = series.and_then(|&s| ids.get_mut(s as usize)) {
+            *slot = Some(id);
+        }
+    }
+    Ok(())
 }
 
 /// The spans table's columns, in the staging table's order.
@@ -416,5 +578,6 @@ impl Writer {
     /// Replaces a lost connection.
     pub fn reconnect(&mut self, client: Client) {
         self.client = client;
+        self.session_ready = false;
     }
 }

@@ -1,0 +1,183 @@
+//! The two storage layouts of metric points against real nats-server and PostgreSQL: the
+//! series layout (narrow points, one row per series, `iot_metrics` a view) and the seed's
+//! wide table, each value for value, and the refusal to write one over the other.
+
+mod common;
+
+use jetscale::config::MetricsLayout;
+use jetscale::store::query::SEED_ANOMALY_SQL;
+
+async fn relkind(db: &tokio_postgres::Client, relation: &str) -> Option<String> {
+    db.query_opt(
+        "SELECT relkind::text FROM pg_class WHERE oid = to_regclass($1)",
+        &[&relation],
+    )
+    .await
+    .unwrap()
+    .map(|r| r.get(0))
+}
+
+async fn count(db: &tokio_postgres::Client, sql: &str) -> i64 {
+    db.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn series_are_stored_once_and_shared_by_collectors_with_small_caches() {
+    let nats = common::nats().await;
+    let db_url = common::fresh_database("series").await;
+    let mut settings = common::settings(&nats.server.url(), &db_url);
+    // 1,500 series through a cache of 1,024: ids are evicted and looked up again.
+    settings.store.series_cache = 1024;
+    common::provision_stream(&settings).await;
+
+    let first = common::simulate(&nats.server.url(), 500, 2).await;
+    // Two collectors with empty caches on one consumer create the same series at once.
+    let (a, b) = tokio::join!(
+        common::collect_until_idle(&settings),
+        common::collect_until_idle(&settings)
+    );
+    assert_eq!(a.messages + b.messages, 1000);
+    let db = common::db(&db_url).await;
+    assert_eq!(relkind(&db, "iot_metrics").await.as_deref(), Some("v"));
+    assert_eq!(
+        relkind(&db, "iot_metrics_points").await.as_deref(),
+        Some("p")
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM iot_metrics_series").await,
+        1500,
+        "500 devices x 3 metrics, each series once"
+    );
+
+    // The same devices again, collected by a fresh process: the series are found, not
+    // created again.
+    let second = common::simulate(&nats.server.url(), 500, 1).await;
+    let again = common::collect_until_idle(&settings).await;
+    assert_eq!(again.messages, 500);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM iot_metrics_series").await,
+        1500
+    );
+
+    let mut stored = common::stored_points(&db, "iot_metrics").await;
+    let mut expected = common::sent_points(&first);
+    expected.extend(common::sent_points(&second));
+    stored.sort();
+    expected.sort();
+    assert_eq!(stored.len(), 4500);
+    assert_eq!(stored, expected, "every value once, bit for bit");
+
+    // Every point belongs to a series; the points table carries one index.
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM iot_metrics_points p LEFT JOIN iot_metrics_series s USING (series_id) WHERE s.series_id IS NULL"
+        )
+        .await,
+        0
+    );
+    let indexes: Vec<String> = db
+        .query(
+            "SELECT indexdef FROM pg_indexes WHERE tablename = 'iot_metrics_points'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(indexes.len(), 1, "{indexes:?}");
+    assert!(
+        indexes[0].contains("(series_id, \"time\" DESC)"),
+        "{indexes:?}"
+    );
+
+    // The seed's query plans through the view and answers.
+    let rows = db.query(SEED_ANOMALY_SQL, &[]).await;
+    assert!(rows.is_ok(), "{rows:?}");
+    let hot: i64 = db
+        .query_one(
+            "SELECT count(*) FROM (SELECT device_id FROM iot_metrics WHERE metric_name = 'device.temperature'
+               AND time > now() - INTERVAL '1 hour' GROUP BY device_id, location HAVING avg(value) > 35.0) t",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows.unwrap().len() as i64, hot);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wide_layout_is_the_seeds_table_value_for_value() {
+    let nats = common::nats().await;
+    let db_url = common::fresh_database("wide").await;
+    let mut settings = common::settings(&nats.server.url(), &db_url);
+    settings.store.layout = MetricsLayout::Wide;
+    common::provision_stream(&settings).await;
+
+    let sent = common::simulate(&nats.server.url(), 100, 3).await;
+    let report = common::collect_until_idle(&settings).await;
+    assert_eq!(report.rows, 900);
+    let db = common::db(&db_url).await;
+    assert_eq!(relkind(&db, "iot_metrics").await.as_deref(), Some("p"));
+    assert_eq!(relkind(&db, "iot_metrics_series").await, None);
+    let mut indexes: Vec<String> = db
+        .query(
+            "SELECT indexname::text FROM pg_indexes WHERE tablename = 'iot_metrics'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    indexes.sort();
+    assert_eq!(indexes, ["idx_device_time", "idx_location_metric"]);
+
+    let mut stored = common::stored_points(&db, "iot_metrics").await;
+    let mut expected = common::sent_points(&sent);
+    stored.sort();
+    expected.sort();
+    assert_eq!(stored, expected);
+
+    // The hourly relation answers like the seed's aggregate over the wide table too.
+    let from_view = "SELECT device_id, metric_name, sample_count, min_value, max_value
+                     FROM iot_metrics_hourly ORDER BY bucket, device_id, location, metric_name";
+    let from_raw = "SELECT device_id, metric_name, count(*), min(value), max(value) FROM iot_metrics
+                    GROUP BY time_bucket('1 hour', time), device_id, location, metric_name ORDER BY time_bucket('1 hour', time), device_id, location, metric_name";
+    let summary = |rows: Vec<tokio_postgres::Row>| -> Vec<(String, String, i64, f64, f64)> {
+        rows.iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+            .collect()
+    };
+    assert_eq!(
+        summary(db.query(from_view, &[]).await.unwrap()),
+        summary(db.query(from_raw, &[]).await.unwrap())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_layout_is_never_written_over_the_other() {
+    let db_url = common::fresh_database("switch").await;
+    let mut settings = common::settings("nats://127.0.0.1:1", &db_url);
+    let mut client = common::db(&db_url).await;
+    jetscale::store::schema::migrate(&mut client, &settings.store)
+        .await
+        .expect("series layout");
+
+    settings.store.layout = MetricsLayout::Wide;
+    let refused = jetscale::store::schema::migrate(&mut client, &settings.store)
+        .await
+        .expect_err("wide over series is refused");
+    assert!(refused.to_string().contains("layout: series"), "{refused}");
+
+    settings.store.metrics_table = "plain_metrics".into();
+    jetscale::store::schema::migrate(&mut client, &settings.store)
+        .await
+        .expect("a wide table of another name");
+    settings.store.layout = MetricsLayout::Series;
+    let refused = jetscale::store::schema::migrate(&mut client, &settings.store)
+        .await
+        .expect_err("series over wide is refused");
+    assert!(refused.to_string().contains("layout: wide"), "{refused}");
+}
