@@ -240,14 +240,15 @@ async fn main() -> Result<()> {
             let db = pg.create_database(&format!("live_{rate}")).await?;
             let step = live_step(&nats, &db, rate, Duration::from_secs(args.live_seconds)).await?;
             eprintln!(
-                "bench: live {rate} msg/s ({} devices at 10 s): achieved {:.0} msg/s, lag {} msgs, p99 {:.0} ms -> {}",
+                "bench: live {rate} msg/s ({} devices at 10 s; warm-up created {:.0} series/s): achieved {:.0} msg/s, lag {} msgs, p99 {:.0} ms -> {}",
                 rate * 10,
+                step.warmup_series_per_s,
                 step.achieved,
                 step.final_lag,
                 step.p99_ms,
                 if step.ok { "ok" } else { "over capacity" }
             );
-            steps.push(json!({"rate": rate, "devices": rate * 10, "achieved": step.achieved, "lag": step.final_lag, "p99_ms": step.p99_ms, "ok": step.ok}));
+            steps.push(json!({"rate": rate, "devices": rate * 10, "warmup_series_per_s": step.warmup_series_per_s, "achieved": step.achieved, "lag": step.final_lag, "p99_ms": step.p99_ms, "ok": step.ok}));
             if step.ok {
                 best = best.max(rate);
             } else {
@@ -627,10 +628,24 @@ async fn naive_consumer(nats_url: &str, db_url: &str, count: u64) -> Result<f64>
 }
 
 struct LiveStep {
+    /// Series created per second while the fleet came online (the untimed warm-up).
+    warmup_series_per_s: f64,
     achieved: f64,
     final_lag: u64,
     p99_ms: f64,
     ok: bool,
+}
+
+/// SIGTERM: the collector finishes its batches and prints its summary line, returned.
+async fn stop(collector: tokio::process::Child) -> Result<String> {
+    if let Some(pid) = collector.id() {
+        // SAFETY: kill(2) on our own child's pid has no memory effects.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGTERM);
+        }
+    }
+    let out = collector.wait_with_output().await?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// The simulator at `rate` msg/s (devices = rate × 10 at a 10 s interval) while the collector
@@ -647,20 +662,56 @@ async fn live_step(
     let stream = js.get_stream("TELEMETRY").await?;
     stream.purge().await?;
     let _ = stream.delete_consumer("jetscale").await;
-    let collector = tokio::process::Command::new(jetscale_binary()?)
-        .kill_on_drop(true)
-        .args([
-            "collect",
-            "--nats-url",
-            &nats.url(),
-            "--database-url",
-            db_url,
-        ])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let spawn_collector = || -> Result<tokio::process::Child> {
+        Ok(tokio::process::Command::new(jetscale_binary()?)
+            .kill_on_drop(true)
+            .args([
+                "collect",
+                "--nats-url",
+                &nats.url(),
+                "--database-url",
+                db_url,
+            ])
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_COLLECTOR_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::piped())
+            .spawn()?)
+    };
     let devices = u32::try_from(rate * 10).unwrap_or(u32::MAX);
+    // Warm-up, untimed: the fleet comes online once, so its series exist, as they do for a
+    // fleet that has been running. The timed run then starts a new collector process, whose
+    // series cache is empty: it finds the series, it does not create them.
+    let warmup = spawn_collector()?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let warm_started = Instant::now();
+    simulate::run(
+        js.clone(),
+        &SimulateOptions {
+            devices,
+            count: Some(1),
+            interval: Duration::ZERO,
+            seed: rate,
+            ..Default::default()
+        },
+        |_| {},
+    )
+    .await?;
+    loop {
+        let info = stream.consumer_info("jetscale").await?;
+        if info.num_pending == 0 && info.num_ack_pending == 0 {
+            break;
+        }
+        if warm_started.elapsed() > Duration::from_secs(600) {
+            bail!("the warm-up of {devices} devices did not drain in 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let warmup_series_per_s = f64::from(devices) * 3.0 / warm_started.elapsed().as_secs_f64();
+    stop(warmup).await?;
+    let collector = spawn_collector()?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let report = simulate::run(
         js.clone(),
         &SimulateOptions {
@@ -679,15 +730,7 @@ async fn live_step(
     let final_lag = info.num_pending + info.num_ack_pending as u64;
     // Let it finish, then stop it and read its latency line.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    if let Some(pid) = collector.id() {
-        // SIGTERM: the collector finishes its batches and prints its summary line.
-        // SAFETY: kill(2) on our own child's pid has no memory effects.
-        unsafe {
-            libc::kill(pid as i32, libc::SIGTERM);
-        }
-    }
-    let out = collector.wait_with_output().await?;
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = stop(collector).await?;
     let p99_ms = text
         .split("p99 ")
         .nth(1)
@@ -696,6 +739,7 @@ async fn live_step(
         .unwrap_or(f64::INFINITY);
     let ok = final_lag < rate * 2 && p99_ms < 2000.0 && achieved > rate as f64 * 0.9;
     Ok(LiveStep {
+        warmup_series_per_s,
         achieved,
         final_lag,
         p99_ms,

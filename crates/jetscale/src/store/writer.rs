@@ -415,9 +415,11 @@ pub async fn resolve_series(
     // same order and never deadlock.
     wanted.sort_by_key(|&i| batch.new_series.get(i as usize).map(|s| s.key));
     let mut ids: Vec<Option<i64>> = vec![None; batch.new_series.len()];
+    // One index probe per key, whatever the planner thinks of the table's size: a hash
+    // join would scan the whole series table for every batch.
     let lookup = format!(
         "SELECT t.i, s.series_id FROM unnest($1::text[]) WITH ORDINALITY AS t(k, i)
-         JOIN {} s ON s.series_key = t.k::uuid",
+         CROSS JOIN LATERAL (SELECT series_id FROM {} WHERE series_key = t.k::uuid) s",
         names.series
     );
     find_series(tx, &lookup, batch, &wanted, &mut ids).await?;
