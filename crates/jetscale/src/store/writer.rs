@@ -408,12 +408,11 @@ pub async fn resolve_series(
     names: &Names,
     batch: &Batch,
 ) -> Result<(Vec<Option<i64>>, Vec<(SeriesKey, i64)>), StoreError> {
-    let mut wanted: Vec<u32> = batch.series_patches.iter().map(|&(_, s)| s).collect();
-    wanted.sort_unstable();
-    wanted.dedup();
     // Inserted in key order, so two writers creating overlapping series lock them in the
-    // same order and never deadlock.
-    wanted.sort_by_key(|&i| batch.new_series.get(i as usize).map(|s| s.key));
+    // same order and never deadlock. One entry per key, so equal indexes end up adjacent.
+    let mut wanted: Vec<u32> = batch.series_patches.iter().map(|&(_, s)| s).collect();
+    wanted.sort_unstable_by_key(|&i| batch.new_series.get(i as usize).map(|s| s.key));
+    wanted.dedup();
     let mut ids: Vec<Option<i64>> = vec![None; batch.new_series.len()];
     // One index probe per key, whatever the planner thinks of the table's size: a hash
     // join would scan the whole series table for every batch.
