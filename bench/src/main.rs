@@ -334,7 +334,11 @@ async fn database_ceiling(
 ) -> Result<f64> {
     let mut s = settings(nats_url, db_url)?;
     s.store.layout = layout;
-    let series = (layout == MetricsLayout::Series).then(|| Arc::new(SeriesCache::new(1 << 20)));
+    let series = (layout == MetricsLayout::Series).then(|| {
+        Arc::new(SeriesCache::new(
+            jetscale::config::settings::DEFAULT_SERIES_CACHE,
+        ))
+    });
     let mut client = store::connect(&s.store).await?;
     schema::migrate(&mut client, &s.store).await?;
     let names = schema::Names::new(&s.store);
@@ -387,9 +391,9 @@ async fn database_ceiling(
         let mut rows = b.buffer(Table::Metrics).to_vec();
         if !b.series_patches.is_empty() {
             let tx = client.transaction().await?;
-            let (ids, _) = store::writer::resolve_series(&tx, &names, b).await?;
+            let resolved = store::writer::resolve_series(&tx, &names, b).await?;
             tx.commit().await?;
-            store::writer::patch_series_ids(&mut rows, &b.series_patches, &ids)?;
+            store::writer::patch_series_ids(&mut rows, &b.series_patches, &resolved.ids)?;
         }
         encoded.push(rows);
     }

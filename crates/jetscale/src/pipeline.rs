@@ -55,6 +55,11 @@ pub struct Counters {
     pub duplicates: AtomicU64,
     pub batches: AtomicU64,
     pub write_retries: AtomicU64,
+    /// Series the cache missed and the database already had.
+    pub series_found: AtomicU64,
+    pub series_created: AtomicU64,
+    /// The series cache's bound (0 without the series layout), for the progress report.
+    pub series_cache_capacity: AtomicU64,
     pub latency: crate::telemetry::LatencyHistogram,
 }
 
@@ -108,6 +113,9 @@ pub async fn run(
     let series = (settings.store.layout == MetricsLayout::Series)
         .then(|| Arc::new(SeriesCache::new(settings.store.series_cache)));
     if let Some(cache) = &series {
+        counters
+            .series_cache_capacity
+            .store(cache.capacity() as u64, Ordering::Relaxed);
         let loaded = crate::store::series::warm(&admin, &names.series, cache).await?;
         tracing::info!(series = loaded, "series cache warmed");
     }
@@ -370,6 +378,12 @@ async fn write_loop(
                         .duplicates
                         .fetch_add(done.duplicates as u64, Ordering::Relaxed);
                     counters.batches.fetch_add(1, Ordering::Relaxed);
+                    counters
+                        .series_found
+                        .fetch_add(done.series_found as u64, Ordering::Relaxed);
+                    counters
+                        .series_created
+                        .fetch_add(done.series_created as u64, Ordering::Relaxed);
                     let now_ns = SystemTime::now()
                         .duration_since(SystemTime::UNIX_EPOCH)
                         .map_or(0, |d| d.as_nanos() as i64);

@@ -61,16 +61,30 @@ pub async fn run(global: &Global, args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Logs a progress line periodically: what was committed and how fast.
+/// Logs a progress line periodically: what was committed and how fast, and a warning when
+/// the series cache is too small for the fleet.
 pub async fn report_progress(counters: Arc<Counters>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.tick().await;
-    let mut last = (Instant::now(), 0u64);
+    let mut last = (Instant::now(), 0u64, 0u64);
+    let mut cache_watch = CacheWatch::default();
     loop {
         tick.tick().await;
         let rows = counters.rows.load(Ordering::Relaxed);
+        let found = counters.series_found.load(Ordering::Relaxed);
         let rate = (rows - last.1) as f64 / last.0.elapsed().as_secs_f64().max(0.001);
-        last = (Instant::now(), rows);
+        if cache_watch.thrashing(found - last.2, rows - last.1) {
+            tracing::warn!(
+                series_cache = counters.series_cache_capacity.load(Ordering::Relaxed),
+                lookups_per_s =
+                    ((found - last.2) as f64 / last.0.elapsed().as_secs_f64().max(0.001)) as u64,
+                "the series cache misses series the database already has, interval after \
+                 interval: the fleet has more active series than it holds, and every miss is \
+                 a lookup in the database. Raise exporters.postgresql.series_cache above the \
+                 number of active series (about 35 bytes of memory each)"
+            );
+        }
+        last = (Instant::now(), rows, found);
         tracing::info!(
             messages = counters.messages.load(Ordering::Relaxed),
             rows,
@@ -78,7 +92,63 @@ pub async fn report_progress(counters: Arc<Counters>, every: Duration) {
             dead_letters = counters.dead_letters.load(Ordering::Relaxed),
             duplicates = counters.duplicates.load(Ordering::Relaxed),
             retries = counters.write_retries.load(Ordering::Relaxed),
+            series_created = counters.series_created.load(Ordering::Relaxed),
+            series_lookups = found,
             "progress"
         );
+    }
+}
+
+/// Tells a cache too small for the fleet from the misses any collector sees: after a
+/// restart beyond what warming loaded, or while another collector creates new series.
+/// Those pass; lookups for more than 5 % of the rows, interval after interval, do not.
+#[derive(Debug, Default)]
+struct CacheWatch {
+    streak: u32,
+    warned: bool,
+}
+
+impl CacheWatch {
+    const INTERVALS: u32 = 6;
+
+    /// Whether to warn now (once per episode).
+    fn thrashing(&mut self, lookups: u64, rows: u64) -> bool {
+        if lookups > 0 && lookups * 20 > rows {
+            self.streak += 1;
+        } else {
+            self.streak = 0;
+            self.warned = false;
+        }
+        if self.streak >= Self::INTERVALS && !self.warned {
+            self.warned = true;
+            return true;
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CacheWatch;
+
+    #[test]
+    fn warns_once_when_lookups_persist() {
+        let mut watch = CacheWatch::default();
+        let warnings: Vec<bool> = (0..20).map(|_| watch.thrashing(1_000, 10_000)).collect();
+        assert_eq!(warnings.iter().filter(|w| **w).count(), 1);
+        assert!(warnings[CacheWatch::INTERVALS as usize - 1]);
+    }
+
+    #[test]
+    fn passing_misses_do_not_warn() {
+        let mut watch = CacheWatch::default();
+        // A restart's first intervals, then a steady fleet, then a new batch of devices.
+        let pattern = [(5_000, 10_000), (3_000, 10_000), (0, 10_000), (10, 10_000)];
+        for _ in 0..10 {
+            for (lookups, rows) in pattern {
+                assert!(!watch.thrashing(lookups, rows));
+            }
+        }
+        assert!(!watch.thrashing(0, 0));
     }
 }

@@ -86,11 +86,15 @@ type KeyMap = HashMap<SeriesKey, i64, BuildHasherDefault<KeyHasher>>;
 
 /// A bounded map from series key to series id, shared by the decoder and the writers.
 ///
-/// Two generations: lookups hit the current one or promote from the previous one; when the
-/// current one holds half the capacity it becomes the previous one and the oldest
-/// generation is dropped. Series seen in the last half-capacity of new keys are always
-/// kept, the memory is bounded by `capacity` entries (about 24 bytes each), and each
-/// operation is one or two hash lookups under an uncontended lock.
+/// Two generations of up to `capacity` entries each: lookups hit the current one or promote
+/// from the previous one; when the current one is full it becomes the previous one and the
+/// oldest generation is dropped. A fleet with up to `capacity` active series therefore
+/// never misses once its series are known, whatever order they arrive in; one with more
+/// misses on the excess every time round (the writers count those lookups, and the
+/// collector warns). Memory is bounded by `2 × capacity` entries (24 bytes each plus hash
+/// table slack); a turnover only happens when more than `capacity` distinct series are
+/// seen, so a steady fleet holds one generation. Each operation is one or two hash lookups
+/// under an uncontended lock.
 #[derive(Debug)]
 pub struct SeriesCache {
     generation_size: usize,
@@ -100,9 +104,14 @@ pub struct SeriesCache {
 impl SeriesCache {
     pub fn new(capacity: usize) -> Self {
         SeriesCache {
-            generation_size: (capacity / 2).max(1),
+            generation_size: capacity.max(1),
             maps: Mutex::new((KeyMap::default(), KeyMap::default())),
         }
+    }
+
+    /// How many active series it holds without misses.
+    pub fn capacity(&self) -> usize {
+        self.generation_size
     }
 
     /// The series id of a key, if known.
@@ -237,13 +246,33 @@ mod tests {
         let key = |i: u64| SeriesKey([i, i.wrapping_mul(0x9e37_79b9_7f4a_7c15)]);
         for i in 0..1_000 {
             cache.insert_all([(key(i), i as i64)]);
-            assert!(cache.len() <= 100);
+            assert!(cache.len() <= 200);
         }
-        // The last half-capacity inserted are all there, with their ids.
-        for i in 950..1_000 {
+        // The last `capacity` inserted are all there, with their ids.
+        for i in 900..1_000 {
             assert_eq!(cache.get(&key(i)), Some(i as i64));
         }
         assert_eq!(cache.get(&key(0)), None);
+    }
+
+    #[test]
+    fn a_fleet_as_large_as_the_cache_never_misses_once_known() {
+        // A fleet reports its series round and round. With a generation of half the
+        // capacity, a fleet between half and all of it used to miss part of every round.
+        let capacity = 1_000;
+        let cache = SeriesCache::new(capacity);
+        let key = |i: u64| SeriesKey([i, i.wrapping_mul(0x9e37_79b9_7f4a_7c15)]);
+        let mut misses = 0;
+        for round in 0..10 {
+            for i in 0..capacity as u64 {
+                if cache.get(&key(i)).is_none() {
+                    assert_eq!(round, 0, "series {i} missed in round {round}");
+                    misses += 1;
+                    cache.insert_all([(key(i), i as i64)]);
+                }
+            }
+        }
+        assert_eq!(misses, capacity);
     }
 
     #[test]

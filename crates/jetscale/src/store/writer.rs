@@ -30,6 +30,10 @@ pub struct Committed {
     pub replies: Vec<async_nats::Subject>,
     /// Publish times of the committed messages, for latency figures.
     pub published_ns: Vec<i64>,
+    /// Series looked up in the database because the cache did not hold them.
+    pub series_found: usize,
+    /// Series created.
+    pub series_created: usize,
 }
 
 impl Committed {
@@ -38,6 +42,8 @@ impl Committed {
         self.messages += other.messages;
         self.dead_letters += other.dead_letters;
         self.duplicates += other.duplicates;
+        self.series_found += other.series_found;
+        self.series_created += other.series_created;
         self.replies.extend(other.replies);
         self.published_ns.extend(other.published_ns);
     }
@@ -306,11 +312,11 @@ impl Writer {
         // series row commits with its first points and a rolled-back batch leaves no ids
         // in the cache.
         let (patched_metrics, resolved) = if work.series_patches.is_empty() {
-            (None, Vec::new())
+            (None, ResolvedSeries::default())
         } else {
-            let (ids, resolved) = resolve_series(&tx, names, work).await?;
+            let resolved = resolve_series(&tx, names, work).await?;
             let mut buffer = work.buffer(Table::Metrics).to_vec();
-            patch_series_ids(&mut buffer, &work.series_patches, &ids)?;
+            patch_series_ids(&mut buffer, &work.series_patches, &resolved.ids)?;
             (Some(buffer), resolved)
         };
         for table in Table::ALL {
@@ -373,8 +379,10 @@ impl Writer {
         }
         tx.commit().await?;
         if let Some(cache) = &self.series {
-            cache.insert_all(resolved);
+            cache.insert_all(resolved.entries);
         }
+        outcome.series_found = resolved.found;
+        outcome.series_created = resolved.created;
         outcome.rows = work.row_counts.iter().sum();
         outcome.messages = work.messages.len();
         outcome.dead_letters = work.dead_letters.len();
@@ -401,13 +409,26 @@ pub fn patch_series_ids(
     Ok(())
 }
 
-/// Finds or creates the series the batch's patches refer to. Returns the id of each entry of
-/// `batch.new_series` that is referred to, and the `(key, id)` pairs for the cache.
+/// The series a batch's points refer to that the cache did not know.
+#[derive(Debug, Default)]
+pub struct ResolvedSeries {
+    /// The id of each entry of `batch.new_series` that is referred to.
+    pub ids: Vec<Option<i64>>,
+    /// `(key, id)` pairs for the cache, once the transaction commits.
+    pub entries: Vec<(SeriesKey, i64)>,
+    /// Series that already existed: cache misses (a restart, another collector's new
+    /// series, or a fleet larger than the cache).
+    pub found: usize,
+    /// Series this transaction created.
+    pub created: usize,
+}
+
+/// Finds or creates the series the batch's patches refer to.
 pub async fn resolve_series(
     tx: &tokio_postgres::Transaction<'_>,
     names: &Names,
     batch: &Batch,
-) -> Result<(Vec<Option<i64>>, Vec<(SeriesKey, i64)>), StoreError> {
+) -> Result<ResolvedSeries, StoreError> {
     // Inserted in key order, so two writers creating overlapping series lock them in the
     // same order and never deadlock. One entry per key, so equal indexes end up adjacent.
     let mut wanted: Vec<u32> = batch.series_patches.iter().map(|&(_, s)| s).collect();
@@ -422,6 +443,7 @@ pub async fn resolve_series(
         names.series
     );
     find_series(tx, &lookup, batch, &wanted, &mut ids).await?;
+    let found = ids.iter().flatten().count();
     let missing: Vec<u32> = wanted
         .iter()
         .copied()
@@ -462,14 +484,19 @@ pub async fn resolve_series(
         // Ours, or another writer's that committed while this insert waited on it.
         find_series(tx, &lookup, batch, &missing, &mut ids).await?;
     }
-    let resolved = wanted
+    let entries: Vec<(SeriesKey, i64)> = wanted
         .iter()
         .filter_map(|&i| {
             let id = ids[i as usize]?;
             Some((batch.new_series.get(i as usize)?.key, id))
         })
         .collect();
-    Ok((ids, resolved))
+    Ok(ResolvedSeries {
+        created: entries.len().saturating_sub(found),
+        found,
+        ids,
+        entries,
+    })
 }
 
 /// Looks up the ids of the `pending` entries of `batch.new_series` into `ids`.
