@@ -240,15 +240,16 @@ async fn main() -> Result<()> {
             let db = pg.create_database(&format!("live_{rate}")).await?;
             let step = live_step(&nats, &db, rate, Duration::from_secs(args.live_seconds)).await?;
             eprintln!(
-                "bench: live {rate} msg/s ({} devices at 10 s; warm-up created {:.0} series/s): achieved {:.0} msg/s, lag {} msgs, p99 {:.0} ms -> {}",
+                "bench: live {rate} msg/s ({} devices at 10 s; warm-up created {:.0} series/s): achieved {:.0} msg/s, lag {} msgs, p99 {:.0} ms, collector peak RSS {:.1} MiB -> {}",
                 rate * 10,
                 step.warmup_series_per_s,
                 step.achieved,
                 step.final_lag,
                 step.p99_ms,
+                step.peak_rss_mib,
                 if step.ok { "ok" } else { "over capacity" }
             );
-            steps.push(json!({"rate": rate, "devices": rate * 10, "warmup_series_per_s": step.warmup_series_per_s, "achieved": step.achieved, "lag": step.final_lag, "p99_ms": step.p99_ms, "ok": step.ok}));
+            steps.push(json!({"rate": rate, "devices": rate * 10, "warmup_series_per_s": step.warmup_series_per_s, "achieved": step.achieved, "lag": step.final_lag, "p99_ms": step.p99_ms, "peak_rss_mib": step.peak_rss_mib, "ok": step.ok}));
             if step.ok {
                 best = best.max(rate);
             } else {
@@ -634,6 +635,8 @@ async fn naive_consumer(nats_url: &str, db_url: &str, count: u64) -> Result<f64>
 struct LiveStep {
     /// Series created per second while the fleet came online (the untimed warm-up).
     warmup_series_per_s: f64,
+    /// The timed collector's peak RSS (its cache holds the fleet's series).
+    peak_rss_mib: f64,
     achieved: f64,
     final_lag: u64,
     p99_ms: f64,
@@ -734,6 +737,10 @@ async fn live_step(
     let final_lag = info.num_pending + info.num_ack_pending as u64;
     // Let it finish, then stop it and read its latency line.
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let peak_rss_mib = collector
+        .id()
+        .and_then(peak_rss_kib)
+        .map_or(0.0, |kib| kib as f64 / 1024.0);
     let text = stop(collector).await?;
     let p99_ms = text
         .split("p99 ")
@@ -744,6 +751,7 @@ async fn live_step(
     let ok = final_lag < rate * 2 && p99_ms < 2000.0 && achieved > rate as f64 * 0.9;
     Ok(LiveStep {
         warmup_series_per_s,
+        peak_rss_mib,
         achieved,
         final_lag,
         p99_ms,

@@ -34,15 +34,15 @@ impl SeriesKey {
         SeriesKey([(v >> 64) as u64, v as u64])
     }
 
-    /// A key from PostgreSQL's `uuid` text form.
+    /// A key from PostgreSQL's `uuid` text form (hyphens anywhere, 32 hex digits).
     pub fn from_uuid_text(text: &str) -> Option<Self> {
-        let hex: String = text.chars().filter(|c| *c != '-').collect();
-        if hex.len() != 32 {
-            return None;
+        let mut value: u128 = 0;
+        let mut digits = 0;
+        for c in text.bytes().filter(|&c| c != b'-') {
+            value = (value << 4) | u128::from((c as char).to_digit(16)?);
+            digits += 1;
         }
-        let high = u64::from_str_radix(hex.get(..16)?, 16).ok()?;
-        let low = u64::from_str_radix(hex.get(16..)?, 16).ok()?;
-        Some(SeriesKey([high, low]))
+        (digits == 32).then_some(SeriesKey([(value >> 64) as u64, value as u64]))
     }
 
     /// The key as PostgreSQL's `uuid` text form.
@@ -153,27 +153,41 @@ impl SeriesCache {
 
 /// Fills the cache with the most recently created series, up to its capacity, so a
 /// restarted collector finds its fleet's series with one read instead of a lookup per batch.
+/// Rows are streamed into the cache in chunks: holding a million rows first would double the
+/// collector's peak memory for the sake of one read at start.
 pub async fn warm(
     client: &tokio_postgres::Client,
     series_table: &str,
     cache: &SeriesCache,
 ) -> Result<usize, super::StoreError> {
+    use futures::TryStreamExt;
+    const CHUNK: usize = 8192;
     let limit = i64::try_from(cache.generation_size).unwrap_or(i64::MAX);
+    // Oldest first, so the most recent series are the last inserted and the surest kept.
     let rows = client
-        .query(
+        .query_raw(
             &format!(
-                "SELECT series_key::text, series_id FROM {series_table} ORDER BY series_id DESC LIMIT $1"
+                "SELECT series_key::text, series_id FROM
+                   (SELECT series_key, series_id FROM {series_table} ORDER BY series_id DESC LIMIT $1) s
+                 ORDER BY series_id"
             ),
-            &[&limit],
+            [limit],
         )
         .await?;
-    let entries: Vec<(SeriesKey, i64)> = rows
-        .iter()
-        .rev()
-        .filter_map(|r| Some((SeriesKey::from_uuid_text(r.get(0))?, r.get(1))))
-        .collect();
-    let loaded = entries.len();
-    cache.insert_all(entries);
+    futures::pin_mut!(rows);
+    let mut chunk = Vec::with_capacity(CHUNK);
+    let mut loaded = 0;
+    while let Some(row) = rows.try_next().await? {
+        if let Some(key) = SeriesKey::from_uuid_text(row.get(0)) {
+            chunk.push((key, row.get(1)));
+        }
+        if chunk.len() == CHUNK {
+            loaded += chunk.len();
+            cache.insert_all(chunk.drain(..));
+        }
+    }
+    loaded += chunk.len();
+    cache.insert_all(chunk);
     Ok(loaded)
 }
 
@@ -238,6 +252,18 @@ mod tests {
         assert_eq!(key.uuid_text(), "01234567-89ab-cdef-fedc-ba9876543210");
         assert_eq!(SeriesKey::from_uuid_text(&key.uuid_text()), Some(key));
         assert_eq!(SeriesKey::from_uuid_text("not-a-uuid"), None);
+        assert_eq!(
+            SeriesKey::from_uuid_text("01234567-89AB-CDEF-FEDC-BA9876543210"),
+            Some(key)
+        );
+        assert_eq!(
+            SeriesKey::from_uuid_text("01234567-89ab-cdef-fedc-ba9876543210f"),
+            None
+        );
+        assert_eq!(
+            SeriesKey::from_uuid_text("01234567-89ab-cdef-fedc-ba987654321"),
+            None
+        );
     }
 
     #[test]
