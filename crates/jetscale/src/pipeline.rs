@@ -86,7 +86,7 @@ pub async fn run(
 ) -> Result<RunReport, PipelineError> {
     let started = Instant::now();
     let nats = stream::connect(&settings.nats, "jetscale-collector").await?;
-    let js = stream::admin_context(nats.clone());
+    let js = jetstream::new(nats.clone());
     let (_, js_stream) = stream::ensure_stream(&js, &settings.stream).await?;
     let (_, consumer) = stream::ensure_consumer(&js_stream, &settings.consumer).await?;
 

@@ -56,7 +56,7 @@ pub async fn provision(
     let mut lines = Vec::new();
     if nats {
         let client = stream::connect(&settings.nats, "jetscale-setup").await?;
-        let js = stream::admin_context(client);
+        let js = async_nats::jetstream::new(client);
         let (outcome, js_stream) = stream::ensure_stream(&js, &settings.stream).await?;
         lines.push(describe(
             &format!("stream {}", settings.stream.name),

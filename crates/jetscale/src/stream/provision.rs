@@ -328,16 +328,51 @@ pub async fn ensure_consumer(
             Ok((Provisioned::Updated(differences), consumer))
         }
         Err(_) => {
-            let consumer =
-                stream
-                    .create_consumer(wanted)
-                    .await
-                    .map_err(|e| StreamError::JetStream {
-                        step: "create consumer",
-                        detail: e.to_string(),
-                    })?;
+            let consumer = create_consumer_patiently(stream, wanted, &settings.name)
+                .await
+                .map_err(|detail| StreamError::JetStream {
+                    step: "create consumer",
+                    detail,
+                })?;
             Ok((Provisioned::Created, consumer))
         }
+    }
+}
+
+/// How long a consumer creation that timed out is waited for.
+const CREATE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// nats-server answers a consumer creation once it has counted the consumer's pending
+/// messages. With a filter on a deep backlog (nats-server 2.9 scans the stream: 7 s for 10
+/// million messages) that outlasts the client's 5 s request timeout while the creation goes
+/// through, so a timeout is followed by looking for the consumer. The request timeout itself
+/// stays short: a collector without permission to receive replies should fail fast.
+async fn create_consumer_patiently(
+    stream: &stream::Stream,
+    config: consumer::pull::Config,
+    name: &str,
+) -> Result<consumer::Consumer<consumer::pull::Config>, String> {
+    match stream.create_consumer(config).await {
+        Ok(consumer) => Ok(consumer),
+        Err(e) if e.kind() == stream::ConsumerErrorKind::TimedOut => {
+            tracing::info!(
+                consumer = name,
+                "creating the consumer takes a while (a deep backlog); waiting for it"
+            );
+            let deadline = std::time::Instant::now() + CREATE_PATIENCE;
+            loop {
+                if let Ok(consumer) = stream.get_consumer(name).await {
+                    return Ok(consumer);
+                }
+                if std::time::Instant::now() >= deadline {
+                    return Err(format!(
+                        "{e}, and the consumer did not appear within {CREATE_PATIENCE:?}"
+                    ));
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+        Err(e) => Err(e.to_string()),
     }
 }
 
