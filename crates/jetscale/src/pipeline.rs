@@ -58,8 +58,6 @@ pub struct Counters {
     /// Series the cache missed and the database already had.
     pub series_found: AtomicU64,
     pub series_created: AtomicU64,
-    /// The series cache's bound (0 without the series layout), for the progress report.
-    pub series_cache_capacity: AtomicU64,
     pub latency: crate::telemetry::LatencyHistogram,
 }
 
@@ -113,9 +111,6 @@ pub async fn run(
     let series = (settings.store.layout == MetricsLayout::Series)
         .then(|| Arc::new(SeriesCache::new(settings.store.series_cache)));
     if let Some(cache) = &series {
-        counters
-            .series_cache_capacity
-            .store(cache.capacity() as u64, Ordering::Relaxed);
         let loaded = crate::store::series::warm(&admin, &names.series, cache).await?;
         tracing::info!(series = loaded, "series cache warmed");
     }

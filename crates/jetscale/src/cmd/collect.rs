@@ -33,7 +33,11 @@ pub async fn run(global: &Global, args: Args) -> anyhow::Result<()> {
         "collector starting"
     );
     let counters = Arc::new(Counters::default());
-    let reporter = tokio::spawn(report_progress(counters.clone(), args.progress_every));
+    let reporter = tokio::spawn(report_progress(
+        counters.clone(),
+        args.progress_every,
+        settings.store.series_cache,
+    ));
     let options = RunOptions {
         exit_when_idle: args.exit_when_idle,
         accept_new_stream: args.accept_new_stream,
@@ -63,7 +67,7 @@ pub async fn run(global: &Global, args: Args) -> anyhow::Result<()> {
 
 /// Logs a progress line periodically: what was committed and how fast, and a warning when
 /// the series cache is too small for the fleet.
-pub async fn report_progress(counters: Arc<Counters>, every: Duration) {
+pub async fn report_progress(counters: Arc<Counters>, every: Duration, series_cache: usize) {
     let mut tick = tokio::time::interval(every);
     tick.tick().await;
     let mut last = (Instant::now(), 0u64, 0u64);
@@ -72,12 +76,12 @@ pub async fn report_progress(counters: Arc<Counters>, every: Duration) {
         tick.tick().await;
         let rows = counters.rows.load(Ordering::Relaxed);
         let found = counters.series_found.load(Ordering::Relaxed);
-        let rate = (rows - last.1) as f64 / last.0.elapsed().as_secs_f64().max(0.001);
+        let elapsed = last.0.elapsed().as_secs_f64().max(0.001);
+        let rate = (rows - last.1) as f64 / elapsed;
         if cache_watch.thrashing(found - last.2, rows - last.1) {
             tracing::warn!(
-                series_cache = counters.series_cache_capacity.load(Ordering::Relaxed),
-                lookups_per_s =
-                    ((found - last.2) as f64 / last.0.elapsed().as_secs_f64().max(0.001)) as u64,
+                series_cache,
+                lookups_per_s = ((found - last.2) as f64 / elapsed) as u64,
                 "the series cache misses series the database already has, interval after \
                  interval: the fleet has more active series than it holds, and every miss is \
                  a lookup in the database. Raise exporters.postgresql.series_cache above the \

@@ -110,7 +110,11 @@ pub async fn run_dev(global: &Global, args: DevArgs) -> anyhow::Result<()> {
     println!();
     println!("collector running; Ctrl-C stops it and the servers");
     let counters = Arc::new(Counters::default());
-    let reporter = tokio::spawn(report_progress(counters.clone(), Duration::from_secs(10)));
+    let reporter = tokio::spawn(report_progress(
+        counters.clone(),
+        Duration::from_secs(10),
+        stack.settings.store.series_cache,
+    ));
     let result = pipeline::run(
         &stack.settings,
         &RunOptions::default(),

@@ -97,21 +97,21 @@ type KeyMap = HashMap<SeriesKey, i64, BuildHasherDefault<KeyHasher>>;
 /// under an uncontended lock.
 #[derive(Debug)]
 pub struct SeriesCache {
-    generation_size: usize,
+    capacity: usize,
     maps: Mutex<(KeyMap, KeyMap)>,
 }
 
 impl SeriesCache {
     pub fn new(capacity: usize) -> Self {
         SeriesCache {
-            generation_size: capacity.max(1),
+            capacity: capacity.max(1),
             maps: Mutex::new((KeyMap::default(), KeyMap::default())),
         }
     }
 
     /// How many active series it holds without misses.
     pub fn capacity(&self) -> usize {
-        self.generation_size
+        self.capacity
     }
 
     /// The series id of a key, if known.
@@ -134,7 +134,7 @@ impl SeriesCache {
     }
 
     fn insert_locked(&self, maps: &mut (KeyMap, KeyMap), key: SeriesKey, id: i64) {
-        if maps.0.len() >= self.generation_size {
+        if maps.0.len() >= self.capacity {
             maps.1 = std::mem::take(&mut maps.0);
         }
         maps.0.insert(key, id);
@@ -153,7 +153,7 @@ impl SeriesCache {
 
 /// Fills the cache with the most recently created series, up to its capacity, so a
 /// restarted collector finds its fleet's series with one read instead of a lookup per batch.
-/// Rows are streamed into the cache in chunks: holding a million rows first would double the
+/// Rows are streamed into the cache: holding a million rows first would triple the
 /// collector's peak memory for the sake of one read at start.
 pub async fn warm(
     client: &tokio_postgres::Client,
@@ -161,8 +161,7 @@ pub async fn warm(
     cache: &SeriesCache,
 ) -> Result<usize, super::StoreError> {
     use futures::TryStreamExt;
-    const CHUNK: usize = 8192;
-    let limit = i64::try_from(cache.generation_size).unwrap_or(i64::MAX);
+    let limit = i64::try_from(cache.capacity).unwrap_or(i64::MAX);
     // Oldest first, so the most recent series are the last inserted and the surest kept.
     let rows = client
         .query_raw(
@@ -175,19 +174,13 @@ pub async fn warm(
         )
         .await?;
     futures::pin_mut!(rows);
-    let mut chunk = Vec::with_capacity(CHUNK);
     let mut loaded = 0;
     while let Some(row) = rows.try_next().await? {
         if let Some(key) = SeriesKey::from_uuid_text(row.get(0)) {
-            chunk.push((key, row.get(1)));
-        }
-        if chunk.len() == CHUNK {
-            loaded += chunk.len();
-            cache.insert_all(chunk.drain(..));
+            cache.insert_all([(key, row.get(1))]);
+            loaded += 1;
         }
     }
-    loaded += chunk.len();
-    cache.insert_all(chunk);
     Ok(loaded)
 }
 

@@ -245,7 +245,8 @@ pub async fn ensure_consumer(
     stream: &stream::Stream,
     settings: &ConsumerSettings,
 ) -> Result<(Provisioned, consumer::Consumer<consumer::pull::Config>), StreamError> {
-    let wanted = consumer_config(settings, &stream.cached_info().config.subjects);
+    let stream_subjects = &stream.cached_info().config.subjects;
+    let wanted = consumer_config(settings, stream_subjects);
     match stream
         .get_consumer::<consumer::pull::Config>(&settings.name)
         .await
@@ -311,9 +312,7 @@ pub async fn ensure_consumer(
             }
             let mut update = wanted.clone();
             update.deliver_policy = found.deliver_policy;
-            if effective_filter(&found.filter_subject, &stream.cached_info().config.subjects)
-                == update.filter_subject
-            {
+            if effective_filter(&found.filter_subject, stream_subjects) == update.filter_subject {
                 // Equivalent: keep it as it is (nats-server 2.9 refuses to change a filter).
                 update.filter_subject = found.filter_subject.clone();
             }
