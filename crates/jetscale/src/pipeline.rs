@@ -69,6 +69,9 @@ pub struct RunReport {
     pub dead_letters: u64,
     pub duplicates: u64,
     pub batches: u64,
+    /// Series the cache missed that the database already had, and series created.
+    pub series_found: u64,
+    pub series_created: u64,
     pub elapsed: Duration,
     pub latency_p50: Option<Duration>,
     pub latency_p99: Option<Duration>,
@@ -178,6 +181,8 @@ pub async fn run(
         dead_letters: counters.dead_letters.load(Ordering::Relaxed),
         duplicates: counters.duplicates.load(Ordering::Relaxed),
         batches: counters.batches.load(Ordering::Relaxed),
+        series_found: counters.series_found.load(Ordering::Relaxed),
+        series_created: counters.series_created.load(Ordering::Relaxed),
         elapsed: started.elapsed(),
         latency_p50: counters.latency.quantile(0.5),
         latency_p99: counters.latency.quantile(0.99),

@@ -22,6 +22,31 @@ async fn count(db: &tokio_postgres::Client, sql: &str) -> i64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_collector_finds_its_fleet_in_the_warmed_cache() {
+    let nats = common::nats().await;
+    let db_url = common::fresh_database("series_warm").await;
+    let settings = common::settings(&nats.server.url(), &db_url);
+    common::provision_stream(&settings).await;
+
+    common::simulate(&nats.server.url(), 300, 1).await;
+    let first = common::collect_until_idle(&settings).await;
+    assert_eq!(first.messages, 300);
+    assert_eq!(first.series_created, 900, "300 devices x 3 metrics");
+    assert_eq!(first.series_found, 0);
+
+    // A new process: its cache is loaded from the series table at start, so the fleet's
+    // next round costs no lookup in the database.
+    common::simulate(&nats.server.url(), 300, 1).await;
+    let second = common::collect_until_idle(&settings).await;
+    assert_eq!(second.messages, 300);
+    assert_eq!(second.series_created, 0);
+    assert_eq!(
+        second.series_found, 0,
+        "every series came from the warmed cache"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn series_are_stored_once_and_shared_by_collectors_with_small_caches() {
     let nats = common::nats().await;
     let db_url = common::fresh_database("series").await;

@@ -450,3 +450,36 @@ async fn the_seeds_python_device_publishes_into_the_stack() {
     );
     assert!(rows.iter().all(|r| r.get::<_, String>(2) == "warehouse-a"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_filter_selecting_the_whole_stream_is_left_off() {
+    // nats-server 2.9 scans the stream to count a filtered consumer's pending messages: on
+    // a deep backlog every consumer info took seconds of a core.
+    let nats = common::nats().await;
+    let db_url = common::fresh_database("consumer_filter").await;
+    let mut settings = common::settings(&nats.server.url(), &db_url);
+    common::provision_stream(&settings).await;
+    let client = async_nats::connect(nats.server.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js.get_stream(&settings.stream.name).await.unwrap();
+    assert_eq!(
+        stream.info().await.unwrap().config.subjects,
+        ["telemetry.>"]
+    );
+    let info = stream.consumer_info(&settings.consumer.name).await.unwrap();
+    assert_eq!(
+        info.config.filter_subject, "",
+        "telemetry.> is the whole stream"
+    );
+
+    // It still collects everything.
+    common::simulate(&nats.server.url(), 20, 1).await;
+    assert_eq!(common::collect_until_idle(&settings).await.messages, 20);
+
+    // A filter narrower than the stream is kept.
+    settings.consumer.name = "metrics-only".into();
+    settings.consumer.filter_subject = "telemetry.metrics.>".into();
+    common::provision_stream(&settings).await;
+    let info = stream.consumer_info("metrics-only").await.unwrap();
+    assert_eq!(info.config.filter_subject, "telemetry.metrics.>");
+}
