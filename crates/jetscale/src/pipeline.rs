@@ -3,8 +3,8 @@
 //! JetStream. Memory is bounded by `(writers + 1) × batch size` messages plus one pull
 //! request's worth of prefetched messages.
 
-use crate::ack;
-use crate::config::{MetricsLayout, Settings};
+use crate::ack::{self, Acks, Cumulative};
+use crate::config::{AckPolicy, MetricsLayout, Settings};
 use crate::decode::{DecodeContext, Incoming};
 use crate::process::batch::{Batch, Delivery};
 use crate::store::ledger::{self, StreamKey, StreamState};
@@ -33,6 +33,10 @@ pub enum PipelineError {
     Store(#[from] StoreError),
     #[error("consuming from JetStream failed: {0}")]
     Consume(String),
+    #[error("cumulative acks (ack_policy = all) held for {held:?} without proof that nothing unknown is pending: another collector is probably consuming `{consumer}`. ack_policy = all allows one collector per consumer: stop the others, or use ack_policy = explicit")]
+    AcksHeld { consumer: String, held: Duration },
+    #[error("another collector already consumes `{consumer}` with ack_policy = all, which allows one collector per consumer (its cumulative acks would hold this one's back): stop it, or give this collector its own consumer")]
+    ConsumerTaken { consumer: String },
 }
 
 /// Options of one collector run besides the config.
@@ -90,6 +94,10 @@ pub async fn run(
     let js = jetstream::new(nats.clone());
     let (_, js_stream) = stream::ensure_stream(&js, &settings.stream).await?;
     let (_, consumer) = stream::ensure_consumer(&js_stream, &settings.consumer).await?;
+    let acks = match settings.consumer.ack_policy {
+        AckPolicy::Explicit => Acks::Each,
+        AckPolicy::All => Acks::Cumulative(Arc::new(Cumulative::new())),
+    };
 
     let names = Names::new(&settings.store);
     let mut admin = store::connect(&settings.store).await?;
@@ -104,6 +112,11 @@ pub async fn run(
     };
     tracing::info!(backend = %backend, table = %names.metrics, "database ready");
     let key = register_stream(&js, &admin, &names, settings, options).await?;
+    if settings.consumer.ack_policy == AckPolicy::All && !claim_consumer(&admin, settings).await? {
+        return Err(PipelineError::ConsumerTaken {
+            consumer: settings.consumer.name.clone(),
+        });
+    }
     if backend.native_partitions() {
         maintenance::partitions_ahead(&admin, &names, &settings.store, settings.limits.max_future)
             .await?;
@@ -138,6 +151,7 @@ pub async fn run(
             writer,
             settings.clone(),
             nats.clone(),
+            acks.clone(),
             batch_rx.clone(),
             counters.clone(),
             shutdown.clone(),
@@ -162,6 +176,8 @@ pub async fn run(
         settings,
         options,
         &consumer,
+        &nats,
+        &acks,
         empty_batch,
         batch_tx,
         &mut shutdown,
@@ -188,6 +204,34 @@ pub async fn run(
         latency_p99: counters.latency.quantile(0.99),
         backend: backend.to_string(),
     })
+}
+
+/// Takes the session-level advisory lock that makes this the consumer's only collector.
+/// Safety does not rest on it (cumulative acks are proven, see `ack::Cumulative`); it turns
+/// a second collector, which would only stall both, into a clear error at start.
+async fn claim_consumer(
+    admin: &tokio_postgres::Client,
+    settings: &Settings,
+) -> Result<bool, StoreError> {
+    let key = format!(
+        "jetscale ack_policy=all {}/{}",
+        settings.stream.name, settings.consumer.name
+    );
+    // A collector restarted right after being killed may find its predecessor's database
+    // session not yet ended: give it a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let row = admin
+            .query_one("SELECT pg_try_advisory_lock(hashtext($1)::bigint)", &[&key])
+            .await?;
+        if row.get(0) {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 async fn register_stream(
@@ -223,10 +267,13 @@ async fn register_stream(
     .await?)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn fetch_loop(
     settings: &Settings,
     options: &RunOptions,
     consumer: &jetstream::consumer::Consumer<jetstream::consumer::pull::Config>,
+    nats: &async_nats::Client,
+    acks: &Acks,
     mut batch: Batch,
     batch_tx: mpsc::Sender<Batch>,
     shutdown: &mut watch::Receiver<bool>,
@@ -246,6 +293,10 @@ async fn fetch_loop(
     let mut decode_ctx_at = Instant::now();
     let mut ctx = DecodeContext::now(&settings.limits, &settings.resource, settings.encoding);
     let mut pull_backoff = Duration::from_millis(50);
+    let mut last_proof_attempt = Instant::now();
+    if let Acks::Cumulative(cumulative) = acks {
+        try_to_prove(cumulative, &mut consumer, nats).await;
+    }
     loop {
         tokio::select! {
             biased;
@@ -277,6 +328,9 @@ async fn fetch_loop(
                 let stream_seq = info.stream_sequence;
                 let published_ns = info.published.unix_timestamp_nanos() as i64;
                 let Some(reply) = message.reply.clone() else { continue };
+                if let Acks::Cumulative(cumulative) = acks {
+                    cumulative.seen(info.consumer_sequence, stream_seq, reply.clone());
+                }
                 let headers = message.headers.as_ref();
                 let header = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
                 let incoming = Incoming {
@@ -305,6 +359,18 @@ async fn fetch_loop(
                 }
             }
             _ = tick.tick() => {
+                if let Acks::Cumulative(cumulative) = acks {
+                    if let Some(since) = cumulative.held_since() {
+                        let held = since.elapsed();
+                        if held > 3 * settings.consumer.ack_wait + Duration::from_secs(30) {
+                            return Err(PipelineError::AcksHeld { consumer: settings.consumer.name.clone(), held });
+                        }
+                        if last_proof_attempt.elapsed() >= PROOF_INTERVAL {
+                            try_to_prove(cumulative, &mut consumer, nats).await;
+                            last_proof_attempt = Instant::now();
+                        }
+                    }
+                }
                 // A partial batch goes when it is due, or as soon as the stream has nothing
                 // more for now: waiting out the timeout then would only add latency.
                 let drained = last_message.elapsed() >= IDLE_FLUSH;
@@ -336,11 +402,41 @@ async fn fetch_loop(
     Ok(())
 }
 
+/// How often a collector holding cumulative acks asks JetStream whether it can prove them.
+const PROOF_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Asks the consumer's state and, if it proves every pending delivery was seen here, sends
+/// the cumulative ack that was waiting.
+async fn try_to_prove(
+    cumulative: &Cumulative,
+    consumer: &mut jetstream::consumer::Consumer<jetstream::consumer::pull::Config>,
+    nats: &async_nats::Client,
+) {
+    let attempt = cumulative.attempt();
+    let info = match consumer.info().await {
+        Ok(info) => info,
+        Err(e) => {
+            tracing::debug!(error = %e, "consumer info failed; cumulative acks stay held");
+            return;
+        }
+    };
+    let state = ack::ConsumerState {
+        num_ack_pending: info.num_ack_pending,
+        ack_floor_stream_seq: info.ack_floor.stream_sequence,
+        last_delivered_consumer_seq: info.delivered.consumer_sequence,
+    };
+    if let Some(reply) = cumulative.prove(attempt, state) {
+        ack::send(nats, std::slice::from_ref(&reply)).await;
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn write_loop(
     index: usize,
     mut writer: Writer,
     settings: Settings,
     nats: async_nats::Client,
+    acks: Acks,
     batches: Arc<Mutex<mpsc::Receiver<Batch>>>,
     counters: Arc<Counters>,
     shutdown: watch::Receiver<bool>,
@@ -355,7 +451,12 @@ async fn write_loop(
             match writer.write(&batch).await {
                 Ok(done) => {
                     let written = write_started.elapsed();
-                    ack::committed(&nats, &done.replies).await;
+                    acks.committed(
+                        &nats,
+                        &done.replies,
+                        batch.messages.iter().map(|m| m.stream_seq),
+                    )
+                    .await;
                     tracing::debug!(
                         writer = index,
                         write_ms = written.as_millis() as u64,
@@ -455,6 +556,11 @@ async fn upkeep_loop(
             match store::connect(&settings.store).await {
                 Ok(c) => admin = c,
                 Err(_) => continue,
+            }
+            if settings.consumer.ack_policy == AckPolicy::All
+                && !matches!(claim_consumer(&admin, &settings).await, Ok(true))
+            {
+                tracing::warn!(consumer = %settings.consumer.name, "could not reclaim the consumer after reconnecting to the database: another collector may have started; acks stay safe but may be held");
             }
         }
         match maintenance::run_once(

@@ -457,11 +457,12 @@ async fn publish(url: String, plan: Plan) -> Published {
 
 /// The collector's config: short ack wait, so deliveries held by a killed collector come back
 /// within seconds; small batches, so a run commits several transactions between kills.
-fn collector_yaml(replicas: usize) -> String {
+fn collector_yaml(replicas: usize, ack_policy: &str) -> String {
     format!(
         "receivers:
   nats:
     jetstream:
+      ack_policy: {ack_policy}
       ack_wait: 4s
       fetch_batch: 500
       stream_settings:
@@ -491,9 +492,20 @@ struct Rig {
 impl Rig {
     /// Writes the config and provisions the stream and the durable consumer.
     async fn new(name: &'static str, nats_url: String, db_url: String, replicas: usize) -> Rig {
+        Rig::acking(name, nats_url, db_url, replicas, "explicit").await
+    }
+
+    /// A rig whose collectors ack by the given `ack_policy`.
+    async fn acking(
+        name: &'static str,
+        nats_url: String,
+        db_url: String,
+        replicas: usize,
+        ack_policy: &str,
+    ) -> Rig {
         let dir = common::temp_dir();
         let config = dir.path().join("collector.yaml");
-        std::fs::write(&config, collector_yaml(replicas)).expect("write config");
+        std::fs::write(&config, collector_yaml(replicas, ack_policy)).expect("write config");
         let settings = jetscale::config::load(
             &config,
             &Overrides {
@@ -994,9 +1006,21 @@ fn kill_postgres(pg: &mut jetscale::dev::PostgresCluster) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn collector_killed_at_random_moments() {
     let (messages, kills) = if soak() { (100_000, 30) } else { (20_000, 10) };
+    killed_at_random_moments("kill", "explicit", messages, kills).await;
+}
+
+/// (1b) The same with cumulative acks (`ack_policy: all`): every restart finds the killed
+/// run's deliveries pending and must not ack past them before they are stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collector_killed_at_random_moments_acking_cumulatively() {
+    let (messages, kills) = if soak() { (60_000, 20) } else { (12_000, 6) };
+    killed_at_random_moments("kill_all", "all", messages, kills).await;
+}
+
+async fn killed_at_random_moments(name: &'static str, ack_policy: &str, messages: u64, kills: u64) {
     let nats = common::nats_with(BIG_PAYLOADS).await;
-    let db = common::fresh_database("faults_kill").await;
-    let mut rig = Rig::new("kill", nats.server.url(), db, 1).await;
+    let db = common::fresh_database(&format!("faults_{name}")).await;
+    let mut rig = Rig::acking(name, nats.server.url(), db, 1, ack_policy).await;
     // Publishing lasts about as long as the kills do.
     let rate = messages as f64 / (kills as f64 * 0.8);
     let publisher = tokio::spawn(publish(
@@ -1037,13 +1061,13 @@ async fn collector_killed_at_random_moments() {
         };
         collector.sigkill().await;
         eprintln!(
-            "[kill] kill {}/{kills}, {how}: {} rows stored so far",
+            "[{name}] kill {}/{kills}, {how}: {} rows stored so far",
             k + 1,
             rig.stored_count().await
         );
     }
     eprintln!(
-        "[kill] {kills} kills in {:.1}s",
+        "[{name}] {kills} kills in {:.1}s",
         started.elapsed().as_secs_f64()
     );
     let published = publisher.await.expect("publisher");
@@ -1110,9 +1134,21 @@ async fn postgres_stopped_immediately_and_restarted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_server_restarted() {
     let messages = if soak() { 60_000 } else { 15_000 };
+    restarted_nats_server("nats", "explicit", messages).await;
+}
+
+/// (3b) The same with cumulative acks (`ack_policy: all`): deliveries lost on a reconnect
+/// leave gaps in the consumer sequence, and acks must wait until those are stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_server_restarted_acking_cumulatively() {
+    let messages = if soak() { 60_000 } else { 12_000 };
+    restarted_nats_server("nats_all", "all", messages).await;
+}
+
+async fn restarted_nats_server(name: &'static str, ack_policy: &str, messages: u64) {
     let mut nats = common::nats_with(BIG_PAYLOADS).await;
-    let db = common::fresh_database("faults_nats").await;
-    let mut rig = Rig::new("nats", nats.server.url(), db, 1).await;
+    let db = common::fresh_database(&format!("faults_{name}")).await;
+    let mut rig = Rig::acking(name, nats.server.url(), db, 1, ack_policy).await;
     let mut collector = rig.collector("collector", None);
     let publisher = tokio::spawn(publish(
         rig.nats_url.clone(),
@@ -1130,7 +1166,7 @@ async fn nats_server_restarted() {
         .wait_rows(total_rows * 15 / 100, std::slice::from_mut(&mut collector))
         .await;
     nats.server.restart().await.expect("nats-server restarts");
-    eprintln!("[nats] restarted (SIGTERM) at {before} rows");
+    eprintln!("[{name}] restarted (SIGTERM) at {before} rows");
 
     let before = rig
         .wait_rows(total_rows * 35 / 100, std::slice::from_mut(&mut collector))
@@ -1140,7 +1176,7 @@ async fn nats_server_restarted() {
         .start_again()
         .await
         .expect("nats-server starts again");
-    eprintln!("[nats] killed (SIGKILL) and started at {before} rows");
+    eprintln!("[{name}] killed (SIGKILL) and started at {before} rows");
 
     let before = rig
         .wait_rows(total_rows * 55 / 100, std::slice::from_mut(&mut collector))
@@ -1155,7 +1191,7 @@ async fn nats_server_restarted() {
         .await
         .expect("nats-server starts again");
     eprintln!(
-        "[nats] stopped at {before} rows, collector killed at {during} rows while NATS was down, NATS started"
+        "[{name}] stopped at {before} rows, collector killed at {during} rows while NATS was down, NATS started"
     );
     let mut second = rig.collector("collector-after", None);
     let published = publisher.await.expect("publisher");

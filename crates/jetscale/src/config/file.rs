@@ -138,6 +138,9 @@ pub struct JetStreamFile {
     pub max_ack_pending: Option<i64>,
     /// jetscale: deliveries of one message before JetStream gives up on it.
     pub max_deliver: Option<i64>,
+    /// jetscale: `explicit` (each delivery acked by itself) or `all` (one cumulative ack per
+    /// committed run of deliveries; one collector per consumer).
+    pub ack_policy: Option<String>,
     /// jetscale: messages asked for per pull request.
     pub fetch_batch: Option<usize>,
     /// jetscale: how `jetscale setup` creates the stream.

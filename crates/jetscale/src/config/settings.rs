@@ -82,6 +82,19 @@ pub struct ConsumerSettings {
     pub max_ack_pending: i64,
     pub max_deliver: i64,
     pub fetch_batch: usize,
+    pub ack_policy: AckPolicy,
+}
+
+/// How the collector acknowledges committed deliveries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AckPolicy {
+    /// Every delivery by its own reply subject: safe with any number of collectors.
+    #[default]
+    Explicit,
+    /// One `AckAll` per committed run of deliveries, sent only once the collector knows every
+    /// delivery it covers is committed (see `ack::Cumulative`): half of NATS's work per
+    /// message, for one collector per consumer.
+    All,
 }
 
 /// The wire format assumed when a message's headers do not name one.
@@ -315,7 +328,22 @@ pub fn resolve(file: &ConfigFile, overrides: &Overrides) -> Result<Settings, Con
         max_ack_pending: js.max_ack_pending.unwrap_or(50_000),
         max_deliver: js.max_deliver.unwrap_or(-1),
         fetch_batch: js.fetch_batch.unwrap_or(1000).clamp(1, 10_000),
+        ack_policy: match js.ack_policy.as_deref().unwrap_or("explicit") {
+            "explicit" => AckPolicy::Explicit,
+            "all" => AckPolicy::All,
+            other => {
+                return Err(ConfigError::Resolve(format!(
+                    "jetstream ack_policy `{other}` is not known: use `explicit` (the default) or `all`"
+                )))
+            }
+        },
     };
+    if consumer.ack_policy == AckPolicy::All && consumer.max_deliver != -1 {
+        return Err(ConfigError::Resolve(format!(
+            "jetstream ack_policy `all` needs max_deliver unlimited (-1), not {}: a message JetStream gives up on would leave the collector unable to prove what a cumulative ack covers",
+            consumer.max_deliver
+        )));
+    }
     if consumer.ack_wait <= batch.timeout {
         return Err(ConfigError::Resolve(format!(
             "jetstream ack_wait ({:?}) must be longer than the batch timeout ({:?}), or every batch is redelivered before it is written",

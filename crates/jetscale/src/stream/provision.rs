@@ -4,7 +4,7 @@
 
 use super::StreamError;
 use crate::config::units::format_duration;
-use crate::config::{ConsumerSettings, StreamSettings};
+use crate::config::{AckPolicy, ConsumerSettings, StreamSettings};
 use async_nats::jetstream::{self, consumer, stream};
 use std::time::Duration;
 
@@ -203,7 +203,7 @@ fn list(d: &[Drift]) -> String {
         .join("; ")
 }
 
-/// The durable pull consumer's configuration: explicit acks, everything from the start.
+/// The durable pull consumer's configuration: acks as configured, everything from the start.
 ///
 /// A filter that is the stream's only subject selects every message anyway and is left out:
 /// nats-server before 2.10 counts a filtered consumer's pending messages by scanning the
@@ -215,7 +215,10 @@ pub fn consumer_config(c: &ConsumerSettings, stream_subjects: &[String]) -> cons
         durable_name: c.durable.then(|| c.name.clone()),
         name: Some(c.name.clone()),
         filter_subject: effective_filter(&c.filter_subject, stream_subjects),
-        ack_policy: consumer::AckPolicy::Explicit,
+        ack_policy: match c.ack_policy {
+            AckPolicy::Explicit => consumer::AckPolicy::Explicit,
+            AckPolicy::All => consumer::AckPolicy::All,
+        },
         deliver_policy: consumer::DeliverPolicy::All,
         ack_wait: c.ack_wait,
         max_ack_pending: c.max_ack_pending,
@@ -261,6 +264,17 @@ pub async fn ensure_consumer(
                 })?
                 .config
                 .clone();
+            if found.ack_policy != wanted.ack_policy {
+                // Acking by the wrong policy is not a drift to live with: explicit acks on an
+                // `all` consumer would each acknowledge every earlier delivery, committed or not.
+                return Err(StreamError::Incompatible {
+                    stream: stream.cached_info().config.name.clone(),
+                    detail: format!(
+                        "consumer `{}` has ack policy {:?} but the configuration asks for {:?}, and JetStream cannot change a consumer's ack policy: set receivers.nats.jetstream.ack_policy to match, or name a new consumer (receivers.nats.jetstream.consumer) and delete this one once it has nothing pending",
+                        settings.name, found.ack_policy, wanted.ack_policy
+                    ),
+                });
+            }
             let mut differences = Vec::new();
             let mut check = |setting: &'static str, f: String, w: String, updatable: bool| {
                 if f != w {
@@ -279,12 +293,6 @@ pub async fn ensure_consumer(
                 effective_filter(&found.filter_subject, &stream.cached_info().config.subjects),
                 wanted.filter_subject.clone(),
                 true,
-            );
-            check(
-                "ack_policy",
-                format!("{:?}", found.ack_policy),
-                format!("{:?}", wanted.ack_policy),
-                false,
             );
             check(
                 "ack_wait",

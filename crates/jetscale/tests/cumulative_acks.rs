@@ -1,0 +1,210 @@
+//! Cumulative acks (`ack_policy: all`) against real nats-server and PostgreSQL processes:
+//! one ack per committed run, and never one that covers a delivery not yet stored.
+
+mod common;
+
+use async_nats::jetstream::{self, consumer::AckPolicy};
+use futures::StreamExt;
+use jetscale::config::Settings;
+use std::time::{Duration, Instant};
+
+fn acking_all(nats_url: &str, db_url: &str) -> Settings {
+    let mut settings = common::settings(nats_url, db_url);
+    settings.consumer.ack_policy = jetscale::config::AckPolicy::All;
+    // Deliveries held elsewhere come back within seconds.
+    settings.consumer.ack_wait = Duration::from_secs(3);
+    settings
+}
+
+async fn consumer(
+    settings: &Settings,
+) -> jetstream::consumer::Consumer<jetstream::consumer::pull::Config> {
+    let client = async_nats::connect(&settings.nats.url).await.unwrap();
+    jetstream::new(client)
+        .get_stream(&settings.stream.name)
+        .await
+        .unwrap()
+        .get_consumer(&settings.consumer.name)
+        .await
+        .unwrap()
+}
+
+/// Takes `count` deliveries from the consumer and never acks them, as a second collector
+/// that died would.
+async fn take_and_drop(
+    consumer: &jetstream::consumer::Consumer<jetstream::consumer::pull::Config>,
+    count: usize,
+) -> Vec<u64> {
+    let mut batch = consumer
+        .fetch()
+        .max_messages(count)
+        .expires(Duration::from_secs(60))
+        .messages()
+        .await
+        .unwrap();
+    let mut taken = Vec::new();
+    while let Some(message) = batch.next().await {
+        taken.push(message.unwrap().info().unwrap().stream_sequence);
+    }
+    taken
+}
+
+/// Waits until the consumer has delivered and had acked everything up to `last`.
+async fn wait_all_acked(
+    consumer: &mut jetstream::consumer::Consumer<jetstream::consumer::pull::Config>,
+    last: u64,
+) {
+    let since = Instant::now();
+    loop {
+        let info = consumer.info().await.unwrap();
+        if info.ack_floor.stream_sequence >= last && info.num_ack_pending == 0 {
+            return;
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(60),
+            "not all acked up to {last}: floor {}, {} unacked, {} undelivered",
+            info.ack_floor.stream_sequence,
+            info.num_ack_pending,
+            info.num_pending
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_collector_acking_cumulatively_stores_everything_once() {
+    let nats = common::nats().await;
+    let db_url = common::fresh_database("ack_all").await;
+    let settings = acking_all(&nats.server.url(), &db_url);
+    common::provision_stream(&settings).await;
+    let mut consumer = consumer(&settings).await;
+    assert_eq!(
+        consumer.info().await.unwrap().config.ack_policy,
+        AckPolicy::All
+    );
+
+    let sent = common::simulate(&nats.server.url(), 300, 5).await;
+    let report = common::collect_until_idle(&settings).await;
+    assert_eq!(report.messages, 1500);
+
+    let db = common::db(&db_url).await;
+    let mut stored = common::stored_points(&db, "iot_metrics").await;
+    let mut expected = common::sent_points(&sent);
+    stored.sort();
+    expected.sort();
+    assert_eq!(stored, expected, "every value stored, none twice");
+
+    let info = consumer.info().await.unwrap();
+    assert_eq!(info.num_ack_pending, 0);
+    assert_eq!(info.ack_floor.stream_sequence, 1500);
+    assert_eq!(common::collect_until_idle(&settings).await.messages, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_held_elsewhere_are_stored_before_a_cumulative_ack_covers_them() {
+    let nats = common::nats().await;
+    let db_url = common::fresh_database("ack_all_gaps").await;
+    let settings = acking_all(&nats.server.url(), &db_url);
+    common::provision_stream(&settings).await;
+    let consumer = consumer(&settings).await;
+
+    // Before the collector starts: 5 of the first 500 deliveries are held by a client that
+    // will never ack them (a collector that died).
+    let mut sent = common::simulate(&nats.server.url(), 100, 5).await;
+    let before = take_and_drop(&consumer, 5).await;
+    assert_eq!(before, [1, 2, 3, 4, 5]);
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let collector = {
+        let settings = settings.clone();
+        tokio::spawn(async move {
+            jetscale::pipeline::run(&settings, &Default::default(), Default::default(), stopped)
+                .await
+        })
+    };
+    let mut consumer = consumer;
+    wait_all_acked(&mut consumer, 500).await;
+
+    // While it runs, acking cumulatively: 7 deliveries taken from the middle of the flow.
+    // The pull request queues behind the collector's, so it is served while later messages
+    // are still coming, and the collector sees later deliveries than the ones it missed.
+    let thief = {
+        let consumer = consumer.clone();
+        tokio::spawn(async move { take_and_drop(&consumer, 7).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let more = common::simulate(&nats.server.url(), 600, 5).await;
+    sent.sent.extend(more.sent);
+    let during = thief.await.unwrap();
+    assert_eq!(during.len(), 7);
+    assert!(
+        during.iter().all(|seq| *seq > 500 && *seq < 3500),
+        "taken mid-flow: {during:?}"
+    );
+
+    // Everything ends up acked: the held deliveries came back after ack_wait and were
+    // stored; a cumulative ack sent before that would have acked them unstored.
+    wait_all_acked(&mut consumer, 3500).await;
+    stop.send(true).unwrap();
+    collector
+        .await
+        .unwrap()
+        .expect("collector ran without error");
+
+    let db = common::db(&db_url).await;
+    let mut stored = common::stored_points(&db, "iot_metrics").await;
+    let mut expected = common::sent_points(&sent);
+    stored.sort();
+    expected.sort();
+    assert_eq!(stored.len(), 3 * 3500);
+    assert_eq!(stored, expected, "every value stored, none twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_collector_on_a_cumulative_consumer_is_refused() {
+    let nats = common::nats().await;
+    let db_url = common::fresh_database("ack_all_two").await;
+    let settings = acking_all(&nats.server.url(), &db_url);
+    common::provision_stream(&settings).await;
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let first = {
+        let settings = settings.clone();
+        let stopped = stopped.clone();
+        tokio::spawn(async move {
+            jetscale::pipeline::run(&settings, &Default::default(), Default::default(), stopped)
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let second =
+        jetscale::pipeline::run(&settings, &Default::default(), Default::default(), stopped).await;
+    let error = second
+        .expect_err("a second collector must not start")
+        .to_string();
+    assert!(
+        error.contains("one collector per consumer"),
+        "the error says why: {error}"
+    );
+    stop.send(true).unwrap();
+    first.await.unwrap().expect("the first collector ran on");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_with_the_other_ack_policy_is_refused_with_the_way_out() {
+    let nats = common::nats().await;
+    let db_url = common::fresh_database("ack_all_mismatch").await;
+    let settings = acking_all(&nats.server.url(), &db_url);
+    common::provision_stream(&settings).await;
+
+    let mut explicit = settings.clone();
+    explicit.consumer.ack_policy = jetscale::config::AckPolicy::Explicit;
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    let error =
+        jetscale::pipeline::run(&explicit, &Default::default(), Default::default(), stopped)
+            .await
+            .expect_err("explicit acks on an ack-all consumer would ack undelivered work")
+            .to_string();
+    assert!(error.contains("ack policy"), "{error}");
+    assert!(error.contains("name a new consumer"), "{error}");
+}
