@@ -51,6 +51,10 @@ struct Args {
     /// Config file for the drained collector (to compare settings); default: built-in defaults.
     #[arg(long)]
     collector_config: Option<PathBuf>,
+    /// How the drained and live collectors ack: `explicit` (the default) or `all`
+    /// (cumulative acks; written into a generated config unless --collector-config is given).
+    #[arg(long, default_value = "explicit", value_parser = ["explicit", "all"])]
+    ack_policy: String,
     #[arg(long)]
     skip_naive: bool,
     #[arg(long)]
@@ -128,6 +132,19 @@ async fn main() -> Result<()> {
     let mut results = serde_json::Map::new();
     results.insert("machine".into(), json!(machine));
     results.insert("messages".into(), json!(args.messages));
+    results.insert("ack_policy".into(), json!(args.ack_policy));
+    let collector_config = match (&args.collector_config, args.ack_policy.as_str()) {
+        (Some(given), _) => Some(given.clone()),
+        (None, "explicit") => None,
+        (None, policy) => {
+            let path = stack_dir.join("collector.yaml");
+            std::fs::write(
+                &path,
+                format!("receivers:\n  nats:\n    jetstream:\n      ack_policy: {policy}\n"),
+            )?;
+            Some(path)
+        }
+    };
 
     // 1. Database ceiling, for jetscale's default layout and for the seed's wide table.
     let wide_db = pg.create_database("ceiling_wide").await?;
@@ -197,7 +214,7 @@ async fn main() -> Result<()> {
         &drain_db,
         &stream,
         total,
-        args.collector_config.as_deref(),
+        collector_config.as_deref(),
     )
     .await?;
     let drain_points = (total * 3) as f64 / drain_secs;
@@ -238,7 +255,14 @@ async fn main() -> Result<()> {
         let mut steps = Vec::new();
         for &rate in &args.live_rates {
             let db = pg.create_database(&format!("live_{rate}")).await?;
-            let step = live_step(&nats, &db, rate, Duration::from_secs(args.live_seconds)).await?;
+            let step = live_step(
+                &nats,
+                &db,
+                rate,
+                Duration::from_secs(args.live_seconds),
+                collector_config.as_deref(),
+            )
+            .await?;
             eprintln!(
                 "bench: live {rate} msg/s ({} devices at 10 s; warm-up created {:.0} series/s): achieved {:.0} msg/s, lag {} msgs, p99 {:.0} ms, collector peak RSS {:.1} MiB -> {}",
                 rate * 10,
@@ -662,6 +686,7 @@ async fn live_step(
     db_url: &str,
     rate: u64,
     length: Duration,
+    config: Option<&Path>,
 ) -> Result<LiveStep> {
     let s = settings(&nats.url(), db_url)?;
     let client = jetscale::stream::connect(&s.nats, "bench-live").await?;
@@ -670,15 +695,19 @@ async fn live_step(
     stream.purge().await?;
     let _ = stream.delete_consumer("jetscale").await;
     let spawn_collector = || -> Result<tokio::process::Child> {
-        Ok(tokio::process::Command::new(jetscale_binary()?)
+        let mut command = tokio::process::Command::new(jetscale_binary()?);
+        command.args([
+            "collect",
+            "--nats-url",
+            &nats.url(),
+            "--database-url",
+            db_url,
+        ]);
+        if let Some(config) = config {
+            command.arg("--config").arg(config);
+        }
+        Ok(command
             .kill_on_drop(true)
-            .args([
-                "collect",
-                "--nats-url",
-                &nats.url(),
-                "--database-url",
-                db_url,
-            ])
             .env(
                 "RUST_LOG",
                 std::env::var("BENCH_COLLECTOR_LOG").unwrap_or_else(|_| "warn".into()),

@@ -687,6 +687,25 @@ mod tests {
     }
 
     #[test]
+    fn ack_policy_is_explicit_unless_asked_and_all_needs_unlimited_deliveries() {
+        let load = |jetstream: &str| {
+            let text = format!("receivers:\n  nats:\n    jetstream:\n{jetstream}");
+            let file = ConfigFile::parse(&text, Path::new("c.yaml"), &env).unwrap();
+            resolve(&file, &Overrides::default())
+        };
+        let explicit = load("      ack_wait: 60s\n").unwrap();
+        assert_eq!(explicit.consumer.ack_policy, AckPolicy::Explicit);
+        let all = load("      ack_policy: all\n").unwrap();
+        assert_eq!(all.consumer.ack_policy, AckPolicy::All);
+        let err = load("      ack_policy: none\n").unwrap_err().to_string();
+        assert!(err.contains("`explicit`") && err.contains("`all`"), "{err}");
+        let err = load("      ack_policy: all\n      max_deliver: 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_deliver"), "{err}");
+    }
+
+    #[test]
     fn seed_001_stream_settings() {
         let text = "receivers:\n  nats:\n    jetstream:\n      stream_settings:\n        max_age: 7d\n        max_bytes: 1GB\n        duplicate_window: 5s\n";
         let file = ConfigFile::parse(text, Path::new("c.yaml"), &env).unwrap();
