@@ -49,6 +49,17 @@ async fn take_and_drop(
     taken
 }
 
+/// Every point sent is stored, once, value for value.
+async fn assert_stored_once(db_url: &str, sent: &jetscale::simulate::Report, messages: usize) {
+    let db = common::db(db_url).await;
+    let mut stored = common::stored_points(&db, "iot_metrics").await;
+    let mut expected = common::sent_points(sent);
+    stored.sort();
+    expected.sort();
+    assert_eq!(stored.len(), 3 * messages);
+    assert_eq!(stored, expected, "every value stored, none twice");
+}
+
 /// Waits until the consumer has delivered and had acked everything up to `last`.
 async fn wait_all_acked(
     consumer: &mut jetstream::consumer::Consumer<jetstream::consumer::pull::Config>,
@@ -87,12 +98,7 @@ async fn one_collector_acking_cumulatively_stores_everything_once() {
     let report = common::collect_until_idle(&settings).await;
     assert_eq!(report.messages, 1500);
 
-    let db = common::db(&db_url).await;
-    let mut stored = common::stored_points(&db, "iot_metrics").await;
-    let mut expected = common::sent_points(&sent);
-    stored.sort();
-    expected.sort();
-    assert_eq!(stored, expected, "every value stored, none twice");
+    assert_stored_once(&db_url, &sent, 1500).await;
 
     let info = consumer.info().await.unwrap();
     assert_eq!(info.num_ack_pending, 0);
@@ -151,13 +157,7 @@ async fn deliveries_held_elsewhere_are_stored_before_a_cumulative_ack_covers_the
         .unwrap()
         .expect("collector ran without error");
 
-    let db = common::db(&db_url).await;
-    let mut stored = common::stored_points(&db, "iot_metrics").await;
-    let mut expected = common::sent_points(&sent);
-    stored.sort();
-    expected.sort();
-    assert_eq!(stored.len(), 3 * 3500);
-    assert_eq!(stored, expected, "every value stored, none twice");
+    assert_stored_once(&db_url, &sent, 3500).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
