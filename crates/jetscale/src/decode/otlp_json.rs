@@ -578,7 +578,7 @@ pub fn decode_metrics(
     ctx: &DecodeContext<'_>,
     sink: &mut dyn RecordSink,
 ) -> Result<(), Rejection> {
-    let request: ExportMetrics = serde_json::from_slice(msg.payload)
+    let request: ExportMetrics = super::from_json_slice(msg.payload)
         .map_err(|e| Rejection::malformed(format!("OTLP/JSON metrics: {e}")))?;
     emit_metrics(&request, msg.subject, ctx, sink)
 }
