@@ -9,7 +9,7 @@
 //! a message of one signal decoded as another fails on wire types or yields no such record,
 //! so it is never filed as the wrong signal.
 
-use super::attributes::{AnyValue, ArrayValue, KeyValue, KeyValueList};
+use super::attributes::{AnyValue, KeyValue};
 use super::numbers::{LenientF64, LenientI64, LenientU64};
 use super::otlp_json::{self, ExportMetrics, Resource, Scope, Temporality};
 use super::otlp_json_logs::{self, ExportLogs, SeverityNumber};
@@ -156,31 +156,19 @@ fn plausible_logs(request: &ExportLogsServiceRequest) -> bool {
 
 fn any_value(v: &pb_common::AnyValue) -> AnyValue<'_> {
     use pb_common::any_value::Value;
-    let mut out = AnyValue::default();
     match &v.value {
-        Some(Value::StringValue(s)) => out.string_value = Some(Cow::Borrowed(s)),
-        Some(Value::BoolValue(b)) => out.bool_value = Some(*b),
-        Some(Value::IntValue(i)) => out.int_value = Some(LenientI64(*i)),
-        Some(Value::DoubleValue(d)) => out.double_value = Some(LenientF64(*d)),
-        Some(Value::ArrayValue(a)) => {
-            out.array_value = Some(ArrayValue {
-                values: a.values.iter().map(any_value).collect(),
-            })
-        }
-        Some(Value::KvlistValue(kv)) => {
-            out.kvlist_value = Some(KeyValueList {
-                values: attributes(&kv.values),
-            })
-        }
-        Some(Value::BytesValue(b)) => {
-            out.bytes_value = Some(Cow::Owned(
-                base64::engine::general_purpose::STANDARD.encode(b),
-            ))
-        }
+        Some(Value::StringValue(s)) => AnyValue::String(Cow::Borrowed(s)),
+        Some(Value::BoolValue(b)) => AnyValue::Bool(*b),
+        Some(Value::IntValue(i)) => AnyValue::Int(*i),
+        Some(Value::DoubleValue(d)) => AnyValue::Double(*d),
+        Some(Value::ArrayValue(a)) => AnyValue::Array(a.values.iter().map(any_value).collect()),
+        Some(Value::KvlistValue(kv)) => AnyValue::KvList(attributes(&kv.values)),
+        Some(Value::BytesValue(b)) => AnyValue::Bytes(Cow::Owned(
+            base64::engine::general_purpose::STANDARD.encode(b),
+        )),
         // A string table index only means something inside a profiles request.
-        Some(Value::StringValueStrindex(_)) | None => {}
+        Some(Value::StringValueStrindex(_)) | None => AnyValue::Empty,
     }
-    out
 }
 
 fn attributes(kvs: &[pb_common::KeyValue]) -> Vec<KeyValue<'_>> {
