@@ -70,17 +70,18 @@ pub(crate) struct Metric<'a> {
     pub gauge: Option<Gauge<'a>>,
     #[serde(borrow, default)]
     pub sum: Option<Sum<'a>>,
+    // The rarer kinds are boxed: a smaller Metric is cheaper to move while deserializing.
     #[serde(borrow, default)]
-    pub histogram: Option<Histogram<'a>>,
+    pub histogram: Option<Box<Histogram<'a>>>,
     #[serde(
         borrow,
         default,
         rename = "exponentialHistogram",
         alias = "exponential_histogram"
     )]
-    pub exponential_histogram: Option<ExponentialHistogram<'a>>,
+    pub exponential_histogram: Option<Box<ExponentialHistogram<'a>>>,
     #[serde(borrow, default)]
-    pub summary: Option<Summary<'a>>,
+    pub summary: Option<Box<Summary<'a>>>,
 }
 
 impl Metric<'_> {

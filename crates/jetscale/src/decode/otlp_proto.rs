@@ -278,7 +278,7 @@ fn metrics(request: &ExportMetricsServiceRequest) -> ExportMetrics<'_> {
                                         })
                                     }
                                     Some(Data::Histogram(h)) => {
-                                        out.histogram = Some(Histogram {
+                                        out.histogram = Some(Box::new(Histogram {
                                             aggregation_temporality: temporality(
                                                 h.aggregation_temporality,
                                             ),
@@ -299,37 +299,42 @@ fn metrics(request: &ExportMetricsServiceRequest) -> ExportMetrics<'_> {
                                                     max: p.max.map(LenientF64),
                                                 })
                                                 .collect(),
-                                        })
+                                        }))
                                     }
                                     Some(Data::ExponentialHistogram(h)) => {
-                                        out.exponential_histogram = Some(ExponentialHistogram {
-                                            aggregation_temporality: temporality(
-                                                h.aggregation_temporality,
-                                            ),
-                                            data_points: h
-                                                .data_points
-                                                .iter()
-                                                .map(|p| ExponentialHistogramDataPoint {
-                                                    attributes: attributes(&p.attributes),
-                                                    start_time_unix_nano: LenientU64(
-                                                        p.start_time_unix_nano,
-                                                    ),
-                                                    time_unix_nano: LenientU64(p.time_unix_nano),
-                                                    count: LenientU64(p.count),
-                                                    sum: p.sum.map(LenientF64),
-                                                    scale: LenientI64(i64::from(p.scale)),
-                                                    zero_count: LenientU64(p.zero_count),
-                                                    positive: buckets(&p.positive),
-                                                    negative: buckets(&p.negative),
-                                                    min: p.min.map(LenientF64),
-                                                    max: p.max.map(LenientF64),
-                                                    zero_threshold: LenientF64(p.zero_threshold),
-                                                })
-                                                .collect(),
-                                        })
+                                        out.exponential_histogram =
+                                            Some(Box::new(ExponentialHistogram {
+                                                aggregation_temporality: temporality(
+                                                    h.aggregation_temporality,
+                                                ),
+                                                data_points: h
+                                                    .data_points
+                                                    .iter()
+                                                    .map(|p| ExponentialHistogramDataPoint {
+                                                        attributes: attributes(&p.attributes),
+                                                        start_time_unix_nano: LenientU64(
+                                                            p.start_time_unix_nano,
+                                                        ),
+                                                        time_unix_nano: LenientU64(
+                                                            p.time_unix_nano,
+                                                        ),
+                                                        count: LenientU64(p.count),
+                                                        sum: p.sum.map(LenientF64),
+                                                        scale: LenientI64(i64::from(p.scale)),
+                                                        zero_count: LenientU64(p.zero_count),
+                                                        positive: buckets(&p.positive),
+                                                        negative: buckets(&p.negative),
+                                                        min: p.min.map(LenientF64),
+                                                        max: p.max.map(LenientF64),
+                                                        zero_threshold: LenientF64(
+                                                            p.zero_threshold,
+                                                        ),
+                                                    })
+                                                    .collect(),
+                                            }))
                                     }
                                     Some(Data::Summary(s)) => {
-                                        out.summary = Some(Summary {
+                                        out.summary = Some(Box::new(Summary {
                                             data_points: s
                                                 .data_points
                                                 .iter()
@@ -351,7 +356,7 @@ fn metrics(request: &ExportMetricsServiceRequest) -> ExportMetrics<'_> {
                                                         .collect(),
                                                 })
                                                 .collect(),
-                                        })
+                                        }))
                                     }
                                     None => {}
                                 }
