@@ -4,8 +4,11 @@
 use super::numbers::{LenientF64, LenientI64};
 use super::Rejection;
 use crate::config::Limits;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use std::borrow::Cow;
+use std::fmt;
+use std::marker::PhantomData;
 
 /// One attribute.
 #[derive(Debug, Deserialize)]
@@ -26,53 +29,222 @@ where
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
-/// An OTLP `AnyValue`: exactly one of its fields is set (none for an empty value).
-#[derive(Debug, Default, Deserialize)]
-pub struct AnyValue<'a> {
-    #[serde(borrow, default, rename = "stringValue", alias = "string_value")]
-    pub string_value: Option<Cow<'a, str>>,
-    #[serde(default, rename = "boolValue", alias = "bool_value")]
-    pub bool_value: Option<bool>,
-    #[serde(default, rename = "intValue", alias = "int_value")]
-    pub int_value: Option<LenientI64>,
-    #[serde(default, rename = "doubleValue", alias = "double_value")]
-    pub double_value: Option<LenientF64>,
-    #[serde(borrow, default, rename = "arrayValue", alias = "array_value")]
-    pub array_value: Option<ArrayValue<'a>>,
-    #[serde(borrow, default, rename = "kvlistValue", alias = "kvlist_value")]
-    pub kvlist_value: Option<KeyValueList<'a>>,
+/// An OTLP `AnyValue`: one of its kinds, or none (an empty value).
+///
+/// An enum rather than one optional field per kind: a fifth of the size, and attributes are
+/// moved around a lot while a request is deserialized. A sender that sets several fields gets
+/// the first of string, bool, int, double, array, kvlist, bytes (each field is still read
+/// and checked).
+#[derive(Debug, Default)]
+pub enum AnyValue<'a> {
+    #[default]
+    Empty,
+    String(Cow<'a, str>),
+    Bool(bool),
+    Int(i64),
+    Double(f64),
+    Array(Vec<AnyValue<'a>>),
+    KvList(Vec<KeyValue<'a>>),
     /// Base64, kept as sent.
-    #[serde(borrow, default, rename = "bytesValue", alias = "bytes_value")]
-    pub bytes_value: Option<Cow<'a, str>>,
+    Bytes(Cow<'a, str>),
 }
 
-#[derive(Debug, Default, Deserialize)]
-pub struct ArrayValue<'a> {
+/// `arrayValue` as written: its items are kept as [`AnyValue::Array`].
+#[derive(Deserialize)]
+struct ArrayValue<'a> {
     #[serde(borrow, default)]
-    pub values: Vec<AnyValue<'a>>,
+    values: Vec<AnyValue<'a>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-pub struct KeyValueList<'a> {
+/// `kvlistValue` as written: its items are kept as [`AnyValue::KvList`].
+#[derive(Deserialize)]
+struct KeyValueList<'a> {
     #[serde(borrow, default)]
-    pub values: Vec<KeyValue<'a>>,
+    values: Vec<KeyValue<'a>>,
 }
 
 impl AnyValue<'_> {
     /// The value as text when it is a string.
     pub fn as_str(&self) -> Option<&str> {
-        self.string_value.as_deref()
+        match self {
+            AnyValue::String(s) => Some(s),
+            _ => None,
+        }
     }
 
     /// Whether no field is set (an empty value, rendered as `null`).
     pub fn is_empty(&self) -> bool {
-        self.string_value.is_none()
-            && self.bool_value.is_none()
-            && self.int_value.is_none()
-            && self.double_value.is_none()
-            && self.array_value.is_none()
-            && self.kvlist_value.is_none()
-            && self.bytes_value.is_none()
+        matches!(self, AnyValue::Empty)
+    }
+}
+
+/// The fields of an `AnyValue` as written, before one is chosen.
+#[derive(Default)]
+struct AnyValueFields<'a> {
+    string_value: Option<Cow<'a, str>>,
+    bool_value: Option<bool>,
+    int_value: Option<LenientI64>,
+    double_value: Option<LenientF64>,
+    array_value: Option<ArrayValue<'a>>,
+    kvlist_value: Option<KeyValueList<'a>>,
+    bytes_value: Option<Cow<'a, str>>,
+}
+
+impl<'a> AnyValueFields<'a> {
+    fn into_value(self) -> AnyValue<'a> {
+        if let Some(s) = self.string_value {
+            AnyValue::String(s)
+        } else if let Some(b) = self.bool_value {
+            AnyValue::Bool(b)
+        } else if let Some(i) = self.int_value {
+            AnyValue::Int(i.0)
+        } else if let Some(d) = self.double_value {
+            AnyValue::Double(d.0)
+        } else if let Some(a) = self.array_value {
+            AnyValue::Array(a.values)
+        } else if let Some(kv) = self.kvlist_value {
+            AnyValue::KvList(kv.values)
+        } else if let Some(b) = self.bytes_value {
+            AnyValue::Bytes(b)
+        } else {
+            AnyValue::Empty
+        }
+    }
+}
+
+/// The keys of an `AnyValue` object: the lowerCamelCase names, and the proto field names.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AnyValueKey {
+    String,
+    Bool,
+    Int,
+    Double,
+    Array,
+    KvList,
+    Bytes,
+    Unknown,
+}
+
+const ANY_VALUE_FIELDS: &[&str] = &[
+    "stringValue",
+    "boolValue",
+    "intValue",
+    "doubleValue",
+    "arrayValue",
+    "kvlistValue",
+    "bytesValue",
+];
+
+impl<'de> Deserialize<'de> for AnyValueKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl Visitor<'_> for KeyVisitor {
+            type Value = AnyValueKey;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("field identifier")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<AnyValueKey, E> {
+                Ok(match v {
+                    "stringValue" | "string_value" => AnyValueKey::String,
+                    "boolValue" | "bool_value" => AnyValueKey::Bool,
+                    "intValue" | "int_value" => AnyValueKey::Int,
+                    "doubleValue" | "double_value" => AnyValueKey::Double,
+                    "arrayValue" | "array_value" => AnyValueKey::Array,
+                    "kvlistValue" | "kvlist_value" => AnyValueKey::KvList,
+                    "bytesValue" | "bytes_value" => AnyValueKey::Bytes,
+                    _ => AnyValueKey::Unknown,
+                })
+            }
+        }
+        d.deserialize_identifier(KeyVisitor)
+    }
+}
+
+/// Text borrowed from the input when it holds no escape, copied otherwise.
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct TextVisitor;
+        impl<'de> Visitor<'de> for TextVisitor {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(TextVisitor)
+    }
+}
+
+fn text(v: Option<Text<'_>>) -> Option<Cow<'_, str>> {
+    v.map(|t| t.0)
+}
+
+/// Reads an `AnyValue` as serde's derive would read a struct of its seven optional fields
+/// (a repeated field is an error, `null` is an unset field, unknown keys are skipped, and
+/// the fields may come as an array in declaration order), then keeps one of them.
+struct AnyValueVisitor<'a>(PhantomData<AnyValue<'a>>);
+
+impl<'de: 'a, 'a> Visitor<'de> for AnyValueVisitor<'a> {
+    type Value = AnyValue<'a>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("struct AnyValue")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<AnyValue<'a>, A::Error> {
+        let mut fields = AnyValueFields::default();
+        let mut seen = 0u8;
+        while let Some(key) = map.next_key::<AnyValueKey>()? {
+            if key != AnyValueKey::Unknown {
+                let bit = 1 << key as u8;
+                if seen & bit != 0 {
+                    return Err(de::Error::duplicate_field(ANY_VALUE_FIELDS[key as usize]));
+                }
+                seen |= bit;
+            }
+            match key {
+                AnyValueKey::String => fields.string_value = text(map.next_value()?),
+                AnyValueKey::Bool => fields.bool_value = map.next_value()?,
+                AnyValueKey::Int => fields.int_value = map.next_value()?,
+                AnyValueKey::Double => fields.double_value = map.next_value()?,
+                AnyValueKey::Array => fields.array_value = map.next_value()?,
+                AnyValueKey::KvList => fields.kvlist_value = map.next_value()?,
+                AnyValueKey::Bytes => fields.bytes_value = text(map.next_value()?),
+                AnyValueKey::Unknown => {
+                    map.next_value::<de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(fields.into_value())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<AnyValue<'a>, A::Error> {
+        let fields = AnyValueFields {
+            string_value: text(seq.next_element()?.flatten()),
+            bool_value: seq.next_element()?.flatten(),
+            int_value: seq.next_element()?.flatten(),
+            double_value: seq.next_element()?.flatten(),
+            array_value: seq.next_element()?.flatten(),
+            kvlist_value: seq.next_element()?.flatten(),
+            bytes_value: text(seq.next_element()?.flatten()),
+        };
+        Ok(fields.into_value())
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for AnyValue<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_struct("AnyValue", ANY_VALUE_FIELDS, AnyValueVisitor(PhantomData))
     }
 }
 
@@ -156,47 +328,50 @@ pub fn write_value(
             limits.max_value_depth
         )));
     }
-    if let Some(s) = &value.string_value {
-        check_len(s, limits)?;
-        write_json_string(out, s)?;
-    } else if let Some(b) = value.bool_value {
-        out.push_str(if b { "true" } else { "false" });
-    } else if let Some(i) = value.int_value {
-        out.push_str(itoa::Buffer::new().format(i.0));
-    } else if let Some(d) = value.double_value {
-        if d.0.is_finite() {
-            out.push_str(ryu::Buffer::new().format_finite(d.0));
-        } else if d.0.is_nan() {
-            out.push_str("\"NaN\"");
-        } else if d.0 > 0.0 {
-            out.push_str("\"Infinity\"");
-        } else {
-            out.push_str("\"-Infinity\"");
+    match value {
+        AnyValue::String(s) => {
+            check_len(s, limits)?;
+            write_json_string(out, s)?;
         }
-    } else if let Some(a) = &value.array_value {
-        out.push('[');
-        for (i, v) in a.values.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
+        AnyValue::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        AnyValue::Int(i) => out.push_str(itoa::Buffer::new().format(*i)),
+        AnyValue::Double(d) => {
+            if d.is_finite() {
+                out.push_str(ryu::Buffer::new().format_finite(*d));
+            } else if d.is_nan() {
+                out.push_str("\"NaN\"");
+            } else if *d > 0.0 {
+                out.push_str("\"Infinity\"");
+            } else {
+                out.push_str("\"-Infinity\"");
             }
-            write_value(out, v, limits, depth + 1)?;
         }
-        out.push(']');
-    } else if let Some(kv) = &value.kvlist_value {
-        out.push('{');
-        for (i, item) in kv.values.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
+        AnyValue::Array(values) => {
+            out.push('[');
+            for (i, v) in values.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_value(out, v, limits, depth + 1)?;
             }
-            write_key(out, &item.key, limits)?;
-            write_value(out, &item.value, limits, depth + 1)?;
+            out.push(']');
         }
-        out.push('}');
-    } else if let Some(b) = &value.bytes_value {
-        check_len(b, limits)?;
-        write_json_string(out, b)?;
-    } else {
-        out.push_str("null");
+        AnyValue::KvList(items) => {
+            out.push('{');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_key(out, &item.key, limits)?;
+                write_value(out, &item.value, limits, depth + 1)?;
+            }
+            out.push('}');
+        }
+        AnyValue::Bytes(b) => {
+            check_len(b, limits)?;
+            write_json_string(out, b)?;
+        }
+        AnyValue::Empty => out.push_str("null"),
     }
     Ok(())
 }
@@ -309,6 +484,41 @@ mod tests {
         assert_eq!(parsed["k"], serde_json::json!({"inner": false}));
         assert_eq!(parsed["y"], "AQID");
         assert!(parsed["e"].is_null());
+    }
+
+    #[test]
+    fn any_value_reads_its_fields_as_a_derived_struct_would() {
+        fn read(text: &str) -> serde_json::Result<AnyValue<'_>> {
+            serde_json::from_str(text)
+        }
+        let plain = read(r#"{"stringValue": "plain"}"#).unwrap();
+        assert!(matches!(plain, AnyValue::String(Cow::Borrowed("plain"))));
+        let escaped = read(r#"{"string_value": "a\nb"}"#).unwrap();
+        assert_eq!(escaped.as_str(), Some("a\nb"));
+        // Several fields set: the first of string, bool, int, double, array, kvlist, bytes.
+        let several = read(r#"{"bytesValue": "AQ==", "intValue": "5", "boolValue": false}"#);
+        assert!(matches!(several, Ok(AnyValue::Bool(false))));
+        // `null` leaves a field unset; unknown keys are skipped.
+        let null = read(r#"{"stringValue": null, "note": [1, {"x": null}], "intValue": 3}"#);
+        assert!(matches!(null, Ok(AnyValue::Int(3))));
+        assert!(read(r#"{"stringValue": null}"#).unwrap().is_empty());
+        // A field given twice, under either name, is an error, as is a wrong type.
+        for twice in [
+            r#"{"stringValue": "a", "stringValue": "b"}"#,
+            r#"{"stringValue": null, "string_value": "b"}"#,
+        ] {
+            let err = read(twice).unwrap_err().to_string();
+            assert!(err.contains("duplicate field `stringValue`"), "{err}");
+        }
+        let err = read(r#"{"stringValue": 5}"#).unwrap_err().to_string();
+        assert!(err.contains("expected a string"), "{err}");
+        let err = read(r#"{"intValue": "5x"}"#).unwrap_err().to_string();
+        assert!(err.contains("not a decimal integer"), "{err}");
+        let err = read("7").unwrap_err().to_string();
+        assert!(err.contains("expected struct AnyValue"), "{err}");
+        // Positional fields, as serde accepts for any struct; one too many is an error.
+        assert!(matches!(read(r#"[null, true]"#), Ok(AnyValue::Bool(true))));
+        assert!(read(r#"[null, null, null, null, null, null, null, 1]"#).is_err());
     }
 
     #[test]

@@ -61,10 +61,10 @@ pub fn detect(msg: &Incoming<'_>, encoding: Encoding) -> Result<Format, Rejectio
     if let Some((mime, ct_signal)) = &content_type {
         signal = signal.or(*ct_signal);
         if declared == Declared::Nothing {
-            declared = match mime.as_str() {
-                "application/json" => Declared::Json,
-                "application/x-protobuf" | "application/protobuf" => Declared::Proto,
-                _ => Declared::Nothing,
+            declared = match mime {
+                MediaType::Json => Declared::Json,
+                MediaType::Protobuf => Declared::Proto,
+                MediaType::Other => Declared::Nothing,
             };
         }
     }
@@ -132,10 +132,8 @@ pub fn declares_protobuf(msg: &Incoming<'_>, encoding: Encoding) -> bool {
         }
     }
     match msg.content_type.map(parse_content_type) {
-        Some((mime, _)) if mime == "application/x-protobuf" || mime == "application/protobuf" => {
-            true
-        }
-        Some((mime, _)) if mime == "application/json" => false,
+        Some((MediaType::Protobuf, _)) => true,
+        Some((MediaType::Json, _)) => false,
         _ => encoding == Encoding::OtlpProto,
     }
 }
@@ -207,15 +205,33 @@ fn parse_format_header(header: &str) -> Result<(Declared, Option<Signal>), Rejec
     Ok((declared, signal))
 }
 
-/// The media type (lowercase) and its `signal` parameter.
-fn parse_content_type(content_type: &str) -> (String, Option<Signal>) {
+/// What a Content-Type's media type says about the encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MediaType {
+    Json,
+    Protobuf,
+    Other,
+}
+
+/// The media type (compared without regard to case, with nothing allocated: this runs for
+/// every message) and the `signal` parameter.
+fn parse_content_type(content_type: &str) -> (MediaType, Option<Signal>) {
     let mut parts = content_type.split(';');
-    let mime = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+    let mime = parts.next().unwrap_or("").trim();
+    let media = if mime.eq_ignore_ascii_case("application/json") {
+        MediaType::Json
+    } else if mime.eq_ignore_ascii_case("application/x-protobuf")
+        || mime.eq_ignore_ascii_case("application/protobuf")
+    {
+        MediaType::Protobuf
+    } else {
+        MediaType::Other
+    };
     let signal = parts
         .filter_map(|p| p.split_once('='))
         .find(|(k, _)| k.trim().eq_ignore_ascii_case("signal"))
         .and_then(|(_, v)| parse_signal(v));
-    (mime, signal)
+    (media, signal)
 }
 
 fn looks_like_json(payload: &[u8]) -> bool {

@@ -165,7 +165,7 @@ pub fn decode_span(
     ctx: &DecodeContext<'_>,
     sink: &mut dyn RecordSink,
 ) -> Result<(), Rejection> {
-    let span: FlatSpan = serde_json::from_slice(msg.payload)
+    let span: FlatSpan = super::from_json_slice(msg.payload)
         .map_err(|e| Rejection::malformed(format!("flat span record: {e}")))?;
     let limits = ctx.limits;
     let trace_id = id("trace_id", &span.trace_id, true)?;
@@ -235,7 +235,7 @@ pub fn decode_metric(
     ctx: &DecodeContext<'_>,
     sink: &mut dyn RecordSink,
 ) -> Result<(), Rejection> {
-    let metric: FlatMetric = serde_json::from_slice(msg.payload)
+    let metric: FlatMetric = super::from_json_slice(msg.payload)
         .map_err(|e| Rejection::malformed(format!("flat metric point: {e}")))?;
     let name = text("name", &metric.name)?;
     if name.is_empty() {
@@ -283,7 +283,7 @@ pub fn decode_log(
     ctx: &DecodeContext<'_>,
     sink: &mut dyn RecordSink,
 ) -> Result<(), Rejection> {
-    let log: FlatLog = serde_json::from_slice(msg.payload)
+    let log: FlatLog = super::from_json_slice(msg.payload)
         .map_err(|e| Rejection::malformed(format!("flat log record: {e}")))?;
     let time = time("timestamp", &log.timestamp)?
         .ok_or_else(|| Rejection::malformed("flat log record has no timestamp"))?;

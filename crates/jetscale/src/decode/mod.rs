@@ -138,6 +138,20 @@ impl<'a> DecodeContext<'a> {
     }
 }
 
+/// Deserializes a JSON payload. A payload that is valid UTF-8 as a whole (nearly every one)
+/// is checked in one pass and parsed as text, so serde_json does not validate each string
+/// again on its own: one long check is much cheaper than hundreds of short ones (about a
+/// tenth of the metrics decode). Any other payload takes serde_json's byte path, so it is
+/// rejected, or accepted, with the same errors as before.
+pub(crate) fn from_json_slice<'a, T: serde::Deserialize<'a>>(
+    payload: &'a [u8],
+) -> serde_json::Result<T> {
+    match std::str::from_utf8(payload) {
+        Ok(text) => serde_json::from_str(text),
+        Err(_) => serde_json::from_slice(payload),
+    }
+}
+
 /// A message as the decoders see it.
 #[derive(Debug, Clone, Copy)]
 pub struct Incoming<'a> {
@@ -331,6 +345,33 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.kind, RejectionKind::Malformed, "{err}");
         assert!(err.detail.starts_with("OTLP protobuf metrics"), "{err}");
+    }
+
+    #[test]
+    fn invalid_utf8_is_judged_as_serde_json_judges_bytes() {
+        let seed = super::otlp_json::tests::SEED_PAYLOAD.as_bytes();
+        let with = |from: &str, to: &[u8]| {
+            let at = seed
+                .windows(from.len())
+                .position(|w| w == from.as_bytes())
+                .expect("the seed payload holds the text replaced");
+            [&seed[..at], to, &seed[at + from.len()..]].concat()
+        };
+        // In a string that is read: rejected, with serde_json's own message and position.
+        let bad = with("warehouse-a", b"warehouse-\xff");
+        let err = run("telemetry.metrics.sensor-001", &bad, None, None).unwrap_err();
+        let expected = serde_json::from_slice::<serde_json::Value>(&bad).unwrap_err();
+        assert_eq!(err.kind, RejectionKind::Malformed, "{err}");
+        assert!(err.detail.ends_with(&expected.to_string()), "{err}");
+        // In an unknown field's string, which serde_json skips unread: accepted, as before.
+        let ignored = with(r#""unit": "Cel""#, b"\"unit\": \"Cel\", \"note\": \"\xff\"");
+        assert_eq!(
+            run("telemetry.metrics.sensor-001", &ignored, None, None)
+                .unwrap()
+                .metrics
+                .len(),
+            3
+        );
     }
 
     #[test]

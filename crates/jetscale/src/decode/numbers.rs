@@ -39,10 +39,26 @@ impl<'de, const SIGNED: bool> Visitor<'de> for IntVisitor<SIGNED> {
         }
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<i128, E> {
-        v.trim()
+        let digits = v.trim();
+        if let Some(n) = short_decimal(digits) {
+            return Ok(i128::from(n));
+        }
+        digits
             .parse::<i128>()
             .map_err(|_| E::custom(format!("\"{v}\" is not a decimal integer")))
     }
+}
+
+/// The value of 1 to 19 ASCII digits, which can not overflow a u64: the shape of every
+/// timestamp, read without the general parser's sign and overflow checks per digit.
+fn short_decimal(digits: &str) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 19 {
+        return None;
+    }
+    digits.bytes().try_fold(0u64, |n, b| {
+        let digit = b.wrapping_sub(b'0');
+        (digit < 10).then(|| n * 10 + u64::from(digit))
+    })
 }
 
 impl<'de> serde::Deserialize<'de> for LenientI64 {
@@ -116,6 +132,23 @@ mod tests {
         assert!(serde_json::from_str::<LenientI64>("1.5").is_err());
         assert!(serde_json::from_str::<LenientU64>(r#""-1""#).is_err());
         assert!(serde_json::from_str::<LenientI64>(r#""9223372036854775808""#).is_err());
+        // Up to 19 digits take the short path, longer or signed text the general parser.
+        let u: Vec<LenientU64> = serde_json::from_str(
+            r#"["0", "9999999999999999999", "18446744073709551615", "+7", " 12 ", "0012"]"#,
+        )
+        .unwrap();
+        assert_eq!(
+            u.iter().map(|x| x.0).collect::<Vec<_>>(),
+            vec![0, 9_999_999_999_999_999_999, u64::MAX, 7, 12, 12]
+        );
+        for bad in [
+            r#""18446744073709551616""#,
+            r#""""#,
+            r#""1 2""#,
+            r#""12\u0000""#,
+        ] {
+            assert!(serde_json::from_str::<LenientU64>(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

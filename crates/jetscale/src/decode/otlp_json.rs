@@ -16,6 +16,7 @@ use crate::config::{AttributeActionKind, Limits};
 use jetscale_model::{DistributionPoint, MetricKind, MetricPoint};
 use serde::Deserialize;
 use std::borrow::Cow;
+use std::ops::Range;
 
 #[derive(Deserialize, Default)]
 pub(crate) struct ExportMetrics<'a> {
@@ -70,17 +71,18 @@ pub(crate) struct Metric<'a> {
     pub gauge: Option<Gauge<'a>>,
     #[serde(borrow, default)]
     pub sum: Option<Sum<'a>>,
+    // The rarer kinds are boxed: a smaller Metric is cheaper to move while deserializing.
     #[serde(borrow, default)]
-    pub histogram: Option<Histogram<'a>>,
+    pub histogram: Option<Box<Histogram<'a>>>,
     #[serde(
         borrow,
         default,
         rename = "exponentialHistogram",
         alias = "exponential_histogram"
     )]
-    pub exponential_histogram: Option<ExponentialHistogram<'a>>,
+    pub exponential_histogram: Option<Box<ExponentialHistogram<'a>>>,
     #[serde(borrow, default)]
-    pub summary: Option<Summary<'a>>,
+    pub summary: Option<Box<Summary<'a>>>,
 }
 
 impl Metric<'_> {
@@ -434,7 +436,10 @@ pub(crate) fn resolve_resource<'a>(
     if attributes.len() > limits.max_attributes {
         return Err(too_many(attributes.len(), limits));
     }
-    let mut rendered: Vec<(Cow<'a, str>, String)> =
+    // Each key with the range of `values` its rendered value takes: one buffer for all the
+    // values instead of a String apiece. A replaced value's text is left unused in `values`.
+    let mut values = String::new();
+    let mut rendered: Vec<(&str, Range<usize>)> =
         Vec::with_capacity(attributes.len() + ctx.resource_actions.len());
     let mut device_id = None;
     let mut service_name = None;
@@ -448,11 +453,11 @@ pub(crate) fn resolve_resource<'a>(
                 if kv.key == "service.name" {
                     service_name = value.as_str().map(Cow::Borrowed);
                 }
-                let mut text = String::new();
-                write_value(&mut text, value, limits, 0)?;
+                let start = values.len();
+                write_value(&mut values, value, limits, 0)?;
                 // A repeated key keeps its last value, as jsonb would.
-                rendered.retain(|(k, _)| k != &kv.key);
-                rendered.push((Cow::Borrowed(kv.key.as_ref()), text));
+                rendered.retain(|(k, _)| *k != kv.key.as_ref());
+                rendered.push((&kv.key, start..values.len()));
             }
         }
     }
@@ -461,7 +466,7 @@ pub(crate) fn resolve_resource<'a>(
         let present = match key {
             "device.id" => device_id.is_some(),
             "device.location" => location.is_some(),
-            _ => rendered.iter().any(|(k, _)| k == key),
+            _ => rendered.iter().any(|(k, _)| *k == key),
         };
         let apply = match action.kind {
             AttributeActionKind::Insert => !present,
@@ -473,9 +478,9 @@ pub(crate) fn resolve_resource<'a>(
                     "device.location" => location = None,
                     "service.name" => {
                         service_name = None;
-                        rendered.retain(|(k, _)| k != key);
+                        rendered.retain(|(k, _)| *k != key);
                     }
-                    _ => rendered.retain(|(k, _)| k != key),
+                    _ => rendered.retain(|(k, _)| *k != key),
                 }
                 false
             }
@@ -488,8 +493,10 @@ pub(crate) fn resolve_resource<'a>(
                     if key == "service.name" {
                         service_name = action.value_text.clone().map(Cow::Owned);
                     }
-                    rendered.retain(|(k, _)| k != key);
-                    rendered.push((Cow::Owned(key.to_owned()), action.value_json.clone()));
+                    rendered.retain(|(k, _)| *k != key);
+                    let start = values.len();
+                    values.push_str(&action.value_json);
+                    rendered.push((key, start..values.len()));
                 }
             }
         }
@@ -497,13 +504,15 @@ pub(crate) fn resolve_resource<'a>(
     if rendered.len() > limits.max_attributes {
         return Err(too_many(rendered.len(), limits));
     }
-    let mut fragment = String::new();
-    for (k, v) in &rendered {
+    // Each member adds its key's quotes, a colon and a comma to the key and the value.
+    let keys_len: usize = rendered.iter().map(|(k, _)| k.len() + 4).sum();
+    let mut fragment = String::with_capacity(keys_len + values.len());
+    for (k, range) in &rendered {
         if !fragment.is_empty() {
             fragment.push(',');
         }
         write_key(&mut fragment, k, limits)?;
-        fragment.push_str(v);
+        fragment.push_str(&values[range.clone()]);
     }
     Ok(ResolvedResource {
         device_id,
@@ -578,7 +587,7 @@ pub fn decode_metrics(
     ctx: &DecodeContext<'_>,
     sink: &mut dyn RecordSink,
 ) -> Result<(), Rejection> {
-    let request: ExportMetrics = serde_json::from_slice(msg.payload)
+    let request: ExportMetrics = super::from_json_slice(msg.payload)
         .map_err(|e| Rejection::malformed(format!("OTLP/JSON metrics: {e}")))?;
     emit_metrics(&request, msg.subject, ctx, sink)
 }
@@ -621,6 +630,8 @@ impl PointContext<'_> {
             return Err(too_many(n, limits));
         }
         out.clear();
+        // Room for what every point of the message shares, at once rather than by doublings.
+        out.reserve(self.prefix.len() + 2);
         out.push('{');
         append_part(out, self.prefix);
         if let Some((key, value)) = extra {
@@ -674,12 +685,12 @@ pub(crate) fn emit_metrics(
         }
         for sm in &rm.scope_metrics {
             let scope = scope_fragment(&sm.scope, limits)?;
-            let mut prefix = String::with_capacity(resource.fragment.len() + scope.len() + 1);
-            prefix.push_str(&resource.fragment);
-            if !prefix.is_empty() && !scope.is_empty() {
-                prefix.push(',');
-            }
-            prefix.push_str(&scope);
+            // Without scope attributes (the common case) the resource's fragment is the prefix.
+            let prefix = match (resource.fragment.is_empty(), scope.is_empty()) {
+                (_, true) => Cow::Borrowed(resource.fragment.as_str()),
+                (true, false) => Cow::Borrowed(scope.as_str()),
+                (false, false) => Cow::Owned(format!("{},{scope}", resource.fragment)),
+            };
             for metric in &sm.metrics {
                 check_text("metric name", &metric.name)?;
                 check_text("unit", &metric.unit)?;
@@ -1022,6 +1033,45 @@ pub(crate) mod tests {
             .unwrap()
             .metrics;
         assert_eq!(rows[0].attributes["pipeline.processed_at"], "edge-7");
+    }
+
+    #[test]
+    fn resource_attributes_repeat_and_processors_resolve_to_one_object() {
+        let payload = r#"{"resourceMetrics": [{"resource": {"attributes": [
+            {"key": "service.name", "value": {"stringValue": "s"}},
+            {"key": "dup", "value": {"intValue": "1"}},
+            {"key": "keep", "value": {"stringValue": "k"}},
+            {"key": "dup", "value": {"intValue": "2"}},
+            {"key": "gone", "value": {"boolValue": true}}]},
+          "scopeMetrics": [{"scope": {"name": "m", "attributes": [{"key": "sa", "value": {"intValue": 5}}]},
+            "metrics": [{"name": "x", "gauge": {"dataPoints": [{"timeUnixNano": "1705314601000000000", "asInt": 1}]}}]}]},
+          {"resource": {"attributes": [{"key": "device.id", "value": {"stringValue": "d"}}]},
+           "scopeMetrics": [{"scope": {"name": "n"}, "metrics": [
+             {"name": "y", "gauge": {"dataPoints": [{"timeUnixNano": "1705314601000000000", "asInt": 2}]}}]}]}]}"#;
+        let action = |key: &str, kind, value_json: &str| AttributeAction {
+            key: key.into(),
+            kind,
+            value_json: value_json.into(),
+            value_text: None,
+        };
+        let actions = [
+            action("keep", AttributeActionKind::Insert, "\"replaced\""),
+            action("added", AttributeActionKind::Insert, "\"a\""),
+            action("dup", AttributeActionKind::Update, "3"),
+            action("absent", AttributeActionKind::Update, "4"),
+            action("gone", AttributeActionKind::Delete, ""),
+        ];
+        let rows = run(payload, &actions, &Limits::default()).unwrap().metrics;
+        assert_eq!(
+            rows[0].attributes,
+            json!({"service.name": "s", "dup": 3, "keep": "k", "added": "a",
+                   "otel.scope.name": "m", "sa": 5})
+        );
+        assert_eq!(rows[1].source, "d");
+        assert_eq!(
+            rows[1].attributes,
+            json!({"added": "a", "keep": "replaced", "otel.scope.name": "n"})
+        );
     }
 
     #[test]

@@ -124,7 +124,7 @@ pub fn decode_logs(
     ctx: &DecodeContext<'_>,
     sink: &mut dyn RecordSink,
 ) -> Result<(), Rejection> {
-    let request: ExportLogs = serde_json::from_slice(msg.payload)
+    let request: ExportLogs = super::from_json_slice(msg.payload)
         .map_err(|e| Rejection::malformed(format!("OTLP/JSON logs: {e}")))?;
     emit_logs(&request, ctx, sink)
 }

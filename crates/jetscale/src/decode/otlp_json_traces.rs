@@ -211,7 +211,7 @@ pub fn decode_traces(
     ctx: &DecodeContext<'_>,
     sink: &mut dyn RecordSink,
 ) -> Result<(), Rejection> {
-    let request: ExportTraces = serde_json::from_slice(msg.payload)
+    let request: ExportTraces = super::from_json_slice(msg.payload)
         .map_err(|e| Rejection::malformed(format!("OTLP/JSON traces: {e}")))?;
     emit_traces(&request, ctx, sink)
 }

@@ -9,7 +9,7 @@
 //! a message of one signal decoded as another fails on wire types or yields no such record,
 //! so it is never filed as the wrong signal.
 
-use super::attributes::{AnyValue, ArrayValue, KeyValue, KeyValueList};
+use super::attributes::{AnyValue, KeyValue};
 use super::numbers::{LenientF64, LenientI64, LenientU64};
 use super::otlp_json::{self, ExportMetrics, Resource, Scope, Temporality};
 use super::otlp_json_logs::{self, ExportLogs, SeverityNumber};
@@ -156,31 +156,19 @@ fn plausible_logs(request: &ExportLogsServiceRequest) -> bool {
 
 fn any_value(v: &pb_common::AnyValue) -> AnyValue<'_> {
     use pb_common::any_value::Value;
-    let mut out = AnyValue::default();
     match &v.value {
-        Some(Value::StringValue(s)) => out.string_value = Some(Cow::Borrowed(s)),
-        Some(Value::BoolValue(b)) => out.bool_value = Some(*b),
-        Some(Value::IntValue(i)) => out.int_value = Some(LenientI64(*i)),
-        Some(Value::DoubleValue(d)) => out.double_value = Some(LenientF64(*d)),
-        Some(Value::ArrayValue(a)) => {
-            out.array_value = Some(ArrayValue {
-                values: a.values.iter().map(any_value).collect(),
-            })
-        }
-        Some(Value::KvlistValue(kv)) => {
-            out.kvlist_value = Some(KeyValueList {
-                values: attributes(&kv.values),
-            })
-        }
-        Some(Value::BytesValue(b)) => {
-            out.bytes_value = Some(Cow::Owned(
-                base64::engine::general_purpose::STANDARD.encode(b),
-            ))
-        }
+        Some(Value::StringValue(s)) => AnyValue::String(Cow::Borrowed(s)),
+        Some(Value::BoolValue(b)) => AnyValue::Bool(*b),
+        Some(Value::IntValue(i)) => AnyValue::Int(*i),
+        Some(Value::DoubleValue(d)) => AnyValue::Double(*d),
+        Some(Value::ArrayValue(a)) => AnyValue::Array(a.values.iter().map(any_value).collect()),
+        Some(Value::KvlistValue(kv)) => AnyValue::KvList(attributes(&kv.values)),
+        Some(Value::BytesValue(b)) => AnyValue::Bytes(Cow::Owned(
+            base64::engine::general_purpose::STANDARD.encode(b),
+        )),
         // A string table index only means something inside a profiles request.
-        Some(Value::StringValueStrindex(_)) | None => {}
+        Some(Value::StringValueStrindex(_)) | None => AnyValue::Empty,
     }
-    out
 }
 
 fn attributes(kvs: &[pb_common::KeyValue]) -> Vec<KeyValue<'_>> {
@@ -290,7 +278,7 @@ fn metrics(request: &ExportMetricsServiceRequest) -> ExportMetrics<'_> {
                                         })
                                     }
                                     Some(Data::Histogram(h)) => {
-                                        out.histogram = Some(Histogram {
+                                        out.histogram = Some(Box::new(Histogram {
                                             aggregation_temporality: temporality(
                                                 h.aggregation_temporality,
                                             ),
@@ -311,37 +299,42 @@ fn metrics(request: &ExportMetricsServiceRequest) -> ExportMetrics<'_> {
                                                     max: p.max.map(LenientF64),
                                                 })
                                                 .collect(),
-                                        })
+                                        }))
                                     }
                                     Some(Data::ExponentialHistogram(h)) => {
-                                        out.exponential_histogram = Some(ExponentialHistogram {
-                                            aggregation_temporality: temporality(
-                                                h.aggregation_temporality,
-                                            ),
-                                            data_points: h
-                                                .data_points
-                                                .iter()
-                                                .map(|p| ExponentialHistogramDataPoint {
-                                                    attributes: attributes(&p.attributes),
-                                                    start_time_unix_nano: LenientU64(
-                                                        p.start_time_unix_nano,
-                                                    ),
-                                                    time_unix_nano: LenientU64(p.time_unix_nano),
-                                                    count: LenientU64(p.count),
-                                                    sum: p.sum.map(LenientF64),
-                                                    scale: LenientI64(i64::from(p.scale)),
-                                                    zero_count: LenientU64(p.zero_count),
-                                                    positive: buckets(&p.positive),
-                                                    negative: buckets(&p.negative),
-                                                    min: p.min.map(LenientF64),
-                                                    max: p.max.map(LenientF64),
-                                                    zero_threshold: LenientF64(p.zero_threshold),
-                                                })
-                                                .collect(),
-                                        })
+                                        out.exponential_histogram =
+                                            Some(Box::new(ExponentialHistogram {
+                                                aggregation_temporality: temporality(
+                                                    h.aggregation_temporality,
+                                                ),
+                                                data_points: h
+                                                    .data_points
+                                                    .iter()
+                                                    .map(|p| ExponentialHistogramDataPoint {
+                                                        attributes: attributes(&p.attributes),
+                                                        start_time_unix_nano: LenientU64(
+                                                            p.start_time_unix_nano,
+                                                        ),
+                                                        time_unix_nano: LenientU64(
+                                                            p.time_unix_nano,
+                                                        ),
+                                                        count: LenientU64(p.count),
+                                                        sum: p.sum.map(LenientF64),
+                                                        scale: LenientI64(i64::from(p.scale)),
+                                                        zero_count: LenientU64(p.zero_count),
+                                                        positive: buckets(&p.positive),
+                                                        negative: buckets(&p.negative),
+                                                        min: p.min.map(LenientF64),
+                                                        max: p.max.map(LenientF64),
+                                                        zero_threshold: LenientF64(
+                                                            p.zero_threshold,
+                                                        ),
+                                                    })
+                                                    .collect(),
+                                            }))
                                     }
                                     Some(Data::Summary(s)) => {
-                                        out.summary = Some(Summary {
+                                        out.summary = Some(Box::new(Summary {
                                             data_points: s
                                                 .data_points
                                                 .iter()
@@ -363,7 +356,7 @@ fn metrics(request: &ExportMetricsServiceRequest) -> ExportMetrics<'_> {
                                                         .collect(),
                                                 })
                                                 .collect(),
-                                        })
+                                        }))
                                     }
                                     None => {}
                                 }
