@@ -35,8 +35,10 @@ async fn take_and_drop(
     consumer: &jetstream::consumer::Consumer<jetstream::consumer::pull::Config>,
     count: usize,
 ) -> Vec<u64> {
+    // `batch`, not `fetch`: a fetch returns at once with whatever is available; this waits
+    // until `count` deliveries have come.
     let mut batch = consumer
-        .fetch()
+        .batch()
         .max_messages(count)
         .expires(Duration::from_secs(60))
         .messages()
