@@ -65,6 +65,26 @@ pub struct Counters {
     pub latency: crate::telemetry::LatencyHistogram,
 }
 
+impl Counters {
+    /// Counts a committed batch, and its messages' publish-to-commit latency.
+    fn record(&self, done: &crate::store::writer::Committed) {
+        let add = |counter: &AtomicU64, n: usize| counter.fetch_add(n as u64, Ordering::Relaxed);
+        add(&self.messages, done.messages);
+        add(&self.rows, done.rows);
+        add(&self.dead_letters, done.dead_letters);
+        add(&self.duplicates, done.duplicates);
+        add(&self.batches, 1);
+        add(&self.series_found, done.series_found);
+        add(&self.series_created, done.series_created);
+        let now_ns = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64);
+        for published in &done.published_ns {
+            self.latency.record_ns(now_ns - published);
+        }
+    }
+}
+
 /// What a finished run did.
 #[derive(Debug, Clone, Default)]
 pub struct RunReport {
@@ -468,29 +488,7 @@ async fn write_loop(
                             .as_millis() as u64,
                         "batch timings"
                     );
-                    counters
-                        .messages
-                        .fetch_add(done.messages as u64, Ordering::Relaxed);
-                    counters.rows.fetch_add(done.rows as u64, Ordering::Relaxed);
-                    counters
-                        .dead_letters
-                        .fetch_add(done.dead_letters as u64, Ordering::Relaxed);
-                    counters
-                        .duplicates
-                        .fetch_add(done.duplicates as u64, Ordering::Relaxed);
-                    counters.batches.fetch_add(1, Ordering::Relaxed);
-                    counters
-                        .series_found
-                        .fetch_add(done.series_found as u64, Ordering::Relaxed);
-                    counters
-                        .series_created
-                        .fetch_add(done.series_created as u64, Ordering::Relaxed);
-                    let now_ns = SystemTime::now()
-                        .duration_since(SystemTime::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_nanos() as i64);
-                    for published in &done.published_ns {
-                        counters.latency.record_ns(now_ns - published);
-                    }
+                    counters.record(&done);
                     tracing::debug!(
                         writer = index,
                         rows = done.rows,

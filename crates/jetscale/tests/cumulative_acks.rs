@@ -51,6 +51,18 @@ async fn take_and_drop(
     taken
 }
 
+/// Runs a collector in the background until `stopped` turns true.
+fn spawn_collector(
+    settings: &Settings,
+    stopped: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<Result<jetscale::pipeline::RunReport, jetscale::pipeline::PipelineError>>
+{
+    let settings = settings.clone();
+    tokio::spawn(async move {
+        jetscale::pipeline::run(&settings, &Default::default(), Default::default(), stopped).await
+    })
+}
+
 /// Every point sent is stored, once, value for value.
 async fn assert_stored_once(db_url: &str, sent: &jetscale::simulate::Report, messages: usize) {
     let db = common::db(db_url).await;
@@ -123,13 +135,7 @@ async fn deliveries_held_elsewhere_are_stored_before_a_cumulative_ack_covers_the
     assert_eq!(before, [1, 2, 3, 4, 5]);
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let collector = {
-        let settings = settings.clone();
-        tokio::spawn(async move {
-            jetscale::pipeline::run(&settings, &Default::default(), Default::default(), stopped)
-                .await
-        })
-    };
+    let collector = spawn_collector(&settings, stopped);
     let mut consumer = consumer;
     wait_all_acked(&mut consumer, 500).await;
 
@@ -170,14 +176,7 @@ async fn a_second_collector_on_a_cumulative_consumer_is_refused() {
     common::provision_stream(&settings).await;
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let first = {
-        let settings = settings.clone();
-        let stopped = stopped.clone();
-        tokio::spawn(async move {
-            jetscale::pipeline::run(&settings, &Default::default(), Default::default(), stopped)
-                .await
-        })
-    };
+    let first = spawn_collector(&settings, stopped.clone());
     tokio::time::sleep(Duration::from_secs(2)).await;
     let second =
         jetscale::pipeline::run(&settings, &Default::default(), Default::default(), stopped).await;
