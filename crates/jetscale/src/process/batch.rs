@@ -87,6 +87,7 @@ pub struct Batch {
     new_series_index: HashMap<SeriesKey, u32>,
     /// `(offset of a placeholder series id in the metrics buffer, index into new_series)`.
     pub series_patches: Vec<(usize, u32)>,
+    pending_series: PendingSeries,
     by_seq: HashMap<u64, usize>,
     chunk_us: i64,
     last_chunk: i64,
@@ -116,6 +117,7 @@ impl Batch {
             new_series: Vec::new(),
             new_series_index: HashMap::new(),
             series_patches: Vec::new(),
+            pending_series: PendingSeries::default(),
             by_seq: HashMap::new(),
             chunk_us: chunk_us.max(1),
             last_chunk: i64::MIN,
@@ -179,7 +181,8 @@ impl Batch {
         let start = self.buffer_lens();
         let rows_before = self.row_counts;
         let chunks_before = (self.last_chunk, self.last_hour);
-        let series_before = (self.new_series.len(), self.series_patches.len());
+        let patches_before = self.series_patches.len();
+        self.pending_series.clear();
         let mut sink = BatchSink {
             batch: self,
             rows: [0; 4],
@@ -187,33 +190,71 @@ impl Batch {
         let outcome = decode::decode(msg, ctx, &mut sink);
         let rows = sink.rows;
         match &outcome {
-            Ok(()) => self.messages.push(MessageEntry {
-                stream_seq: meta.stream_seq,
-                rows: [0, 1, 2, 3].map(|i| start[i]..self.buffers[i].len()),
-                row_count: rows,
-                patches: series_before.1..self.series_patches.len(),
-                dead_letter: None,
-                replies: vec![meta.reply],
-                published_ns: meta.published_ns,
-                subject: meta.subject,
-                payload: meta.payload,
-            }),
+            Ok(()) => {
+                self.resolve_series();
+                self.messages.push(MessageEntry {
+                    stream_seq: meta.stream_seq,
+                    rows: [0, 1, 2, 3].map(|i| start[i]..self.buffers[i].len()),
+                    row_count: rows,
+                    patches: patches_before..self.series_patches.len(),
+                    dead_letter: None,
+                    replies: vec![meta.reply],
+                    published_ns: meta.published_ns,
+                    subject: meta.subject,
+                    payload: meta.payload,
+                })
+            }
             Err(rejection) => {
                 for (buffer, len) in self.buffers.iter_mut().zip(start) {
                     buffer.truncate(len);
                 }
                 self.row_counts = rows_before;
                 (self.last_chunk, self.last_hour) = chunks_before;
-                self.series_patches.truncate(series_before.1);
-                if self.new_series.len() > series_before.0 {
-                    self.new_series.truncate(series_before.0);
-                    let kept = series_before.0 as u32;
-                    self.new_series_index.retain(|_, i| *i < kept);
-                }
                 self.dead_letter(msg, meta, &rejection.to_string());
             }
         }
         outcome
+    }
+
+    /// Fills in the series ids of the decoded message's points: known ones from the cache,
+    /// looked up together; unknown ones as placeholders for the writer to patch.
+    fn resolve_series(&mut self) {
+        let Some(cache) = &self.series else {
+            return;
+        };
+        let mut pending = std::mem::take(&mut self.pending_series);
+        cache.get_many(&pending.keys, &mut pending.ids);
+        let metrics = &mut self.buffers[Table::Metrics as usize];
+        let mut field_start = 0;
+        for ((key, point), id) in pending.keys.iter().zip(&pending.points).zip(&pending.ids) {
+            let fields = point.field_ends.map(|end| {
+                let field = pending.text.get(field_start..end).unwrap_or_default();
+                field_start = end;
+                field
+            });
+            if let Some(id) = id {
+                if let Some(slot) = metrics.get_mut(point.id_offset..point.id_offset + 8) {
+                    slot.copy_from_slice(&id.to_be_bytes());
+                }
+                continue;
+            }
+            let new_series = &mut self.new_series;
+            let index = *self.new_series_index.entry(*key).or_insert_with(|| {
+                let [device_id, location, metric_name, unit, attributes] = fields;
+                new_series.push(NewSeries {
+                    key: *key,
+                    device_id: device_id.to_owned(),
+                    location: location.to_owned(),
+                    metric_name: metric_name.to_owned(),
+                    unit: unit.to_owned(),
+                    attributes: attributes.to_owned(),
+                });
+                (new_series.len() - 1) as u32
+            });
+            self.series_patches.push((point.id_offset, index));
+        }
+        pending.clear();
+        self.pending_series = pending;
     }
 
     /// Adds a delivery as a dead letter with the given reason.
@@ -333,32 +374,56 @@ impl BatchSink<'_> {
     }
 }
 
+/// The metric points of the message being decoded, whose series ids are looked up together
+/// once it is decoded ([`Batch::resolve_series`]): once a fleet outgrows the CPU's caches
+/// each lookup is a trip to memory, and a message's trips can overlap. The buffers are
+/// reused from message to message.
+#[derive(Debug, Default)]
+struct PendingSeries {
+    keys: Vec<SeriesKey>,
+    points: Vec<PendingPoint>,
+    /// Every point's identity fields, back to back, in case its series is new.
+    text: String,
+    ids: Vec<Option<i64>>,
+}
+
+#[derive(Debug)]
+struct PendingPoint {
+    /// Where the row's series id goes in the metrics buffer.
+    id_offset: usize,
+    /// Where each of the point's identity fields ends in [`PendingSeries::text`].
+    field_ends: [usize; 5],
+}
+
+impl PendingSeries {
+    fn clear(&mut self) {
+        self.keys.clear();
+        self.points.clear();
+        self.text.clear();
+    }
+}
+
 impl BatchSink<'_> {
-    /// A `(time, series_id, value)` row. A series the cache does not know gets a placeholder
-    /// id, patched by the writer once the series row is found or created.
+    /// A `(time, series_id, value)` row with a placeholder series id, filled in by
+    /// [`Batch::resolve_series`] once the message is decoded.
     fn series_point(&mut self, p: &MetricPoint<'_>) {
         let key = SeriesKey::of(p.source, p.location, p.name, p.unit, p.attributes);
         let batch = &mut *self.batch;
-        let known = batch.series.as_ref().and_then(|cache| cache.get(&key));
         let buffer = &mut batch.buffers[Table::Metrics as usize];
         let mut row = RowWriter::begin(buffer, 3);
         row.timestamptz_ns(p.time_unix_nano);
-        let id_offset = row.int8_offset(known.unwrap_or(0));
+        let id_offset = row.int8_offset(0);
         row.float8(p.value);
-        if known.is_none() {
-            let index = *batch.new_series_index.entry(key).or_insert_with(|| {
-                batch.new_series.push(NewSeries {
-                    key,
-                    device_id: p.source.to_owned(),
-                    location: p.location.to_owned(),
-                    metric_name: p.name.to_owned(),
-                    unit: p.unit.to_owned(),
-                    attributes: p.attributes.to_owned(),
-                });
-                (batch.new_series.len() - 1) as u32
-            });
-            batch.series_patches.push((id_offset, index));
-        }
+        let pending = &mut batch.pending_series;
+        let field_ends = [p.source, p.location, p.name, p.unit, p.attributes].map(|field| {
+            pending.text.push_str(field);
+            pending.text.len()
+        });
+        pending.keys.push(key);
+        pending.points.push(PendingPoint {
+            id_offset,
+            field_ends,
+        });
         batch.row_counts[Table::Metrics as usize] += 1;
         self.rows[Table::Metrics as usize] += 1;
     }
