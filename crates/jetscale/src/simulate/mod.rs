@@ -12,8 +12,7 @@
 pub mod fleet;
 pub mod payload;
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::VecDeque;
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -22,7 +21,7 @@ use std::time::Duration;
 use async_nats::jetstream::context::{PublishAckFuture, PublishError, PublishErrorKind};
 use async_nats::jetstream::publish::PublishAck;
 use async_nats::{HeaderMap, Subject};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::future::FutureExt;
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::time::Instant;
@@ -45,6 +44,9 @@ const PACER_TOLERANCE: Duration = Duration::from_millis(10);
 /// Messages that must fail for good, with nothing acknowledged at all, before the run gives up:
 /// at that point the server or its permissions are wrong, not a message.
 const GIVE_UP_AFTER: u64 = 10;
+
+/// Size of the blocks payloads are carved from.
+const PAYLOAD_BLOCK: usize = 64 * 1024;
 
 /// What to simulate and how hard to push.
 #[derive(Debug, Clone, PartialEq)]
@@ -317,7 +319,7 @@ pub async fn run(
                 if let Some((due, device)) = schedule.peek() {
                     let ready = pacer.as_ref().map_or(due, |p| due.max(p.ready_at()));
                     if ready <= now {
-                        schedule.advance(opts.count);
+                        schedule.advance();
                         if let Some(p) = pacer.as_mut() {
                             p.consume(now);
                         }
@@ -410,6 +412,9 @@ struct Runner {
     subjects: Vec<Subject>,
     nonce: String,
     buf: Vec<u8>,
+    /// Payloads are carved from shared 64 KiB blocks, one allocation for dozens of
+    /// messages; a block is freed when the last of its messages is acknowledged.
+    payloads: BytesMut,
     in_flight: FuturesUnordered<AckWait>,
     retries: VecDeque<Retry>,
     record_sent: bool,
@@ -434,6 +439,7 @@ impl Runner {
             subjects,
             nonce: run_nonce(),
             buf: Vec::with_capacity(1024),
+            payloads: BytesMut::with_capacity(PAYLOAD_BLOCK),
             in_flight: FuturesUnordered::new(),
             retries: VecDeque::new(),
             record_sent: opts.record_sent,
@@ -470,9 +476,17 @@ impl Runner {
             seq: msg.seq,
             time_unix_nano: msg.time_unix_nano,
             values: msg.values,
-            payload: Bytes::copy_from_slice(&self.buf),
+            payload: self.carve_payload(),
             attempts: 0,
         }
+    }
+
+    fn carve_payload(&mut self) -> Bytes {
+        if self.payloads.capacity() < self.buf.len() {
+            self.payloads = BytesMut::with_capacity(PAYLOAD_BLOCK.max(self.buf.len()));
+        }
+        self.payloads.extend_from_slice(&self.buf);
+        self.payloads.split().freeze()
     }
 
     /// Hands one message to the client and queues its ack. Acks that complete meanwhile are
@@ -629,11 +643,18 @@ enum Schedule {
         left: Option<u128>,
         start: Instant,
     },
-    /// Devices due at fixed times, earliest first; `sent` counts each device's messages.
+    /// Device `i`'s message `r` is due at `start + r × interval + interval × i / devices`:
+    /// the fleet spread evenly over the interval, each device at a fixed rate, so a late
+    /// message does not shift its device's phase. Due times only ever grow in the order
+    /// (round, device), so the next is computed instead of kept in a queue.
     Timed {
-        heap: BinaryHeap<Reverse<(Instant, u32)>>,
-        interval: Duration,
-        sent: Vec<u64>,
+        next: u32,
+        round: u64,
+        devices: u32,
+        /// Messages per device (`None`: unbounded).
+        rounds: Option<u64>,
+        start: Instant,
+        interval_ns: u128,
     },
 }
 
@@ -647,32 +668,18 @@ impl Schedule {
                 start,
             };
         }
-        let n = u128::from(opts.devices.max(1));
-        let interval_ns = opts.interval.as_nanos();
-        let heap = if opts.count == Some(0) {
-            BinaryHeap::new()
-        } else {
-            (0..opts.devices)
-                .map(|i| {
-                    let offset = interval_ns * u128::from(i) / n;
-                    let offset = Duration::from_nanos(u64::try_from(offset).unwrap_or(u64::MAX));
-                    Reverse((start + offset, i))
-                })
-                .collect::<Vec<_>>()
-                .into()
-        };
         Schedule::Timed {
-            heap,
-            interval: opts.interval,
-            sent: vec![0; opts.devices as usize],
+            next: 0,
+            round: 0,
+            devices: opts.devices,
+            rounds: opts.count,
+            start,
+            interval_ns: opts.interval.as_nanos(),
         }
     }
 
     fn is_done(&self) -> bool {
-        match self {
-            Schedule::RoundRobin { left, .. } => *left == Some(0),
-            Schedule::Timed { heap, .. } => heap.is_empty(),
-        }
+        self.peek().is_none()
     }
 
     /// The next device and when it is due.
@@ -681,12 +688,27 @@ impl Schedule {
             Schedule::RoundRobin {
                 next, left, start, ..
             } => (*left != Some(0)).then_some((*start, *next)),
-            Schedule::Timed { heap, .. } => heap.peek().map(|Reverse(entry)| *entry),
+            Schedule::Timed {
+                next,
+                round,
+                devices,
+                rounds,
+                start,
+                interval_ns,
+            } => {
+                if *devices == 0 || *rounds == Some(*round) {
+                    return None;
+                }
+                let offset = interval_ns * u128::from(*round)
+                    + interval_ns * u128::from(*next) / u128::from(*devices);
+                let due = start.checked_add(Duration::from_nanos(u64::try_from(offset).ok()?))?;
+                Some((due, *next))
+            }
         }
     }
 
-    /// Marks the device returned by `peek` as sent and schedules its next message.
-    fn advance(&mut self, count: Option<u64>) {
+    /// Marks the device returned by `peek` as sent and moves on to the next.
+    fn advance(&mut self) {
         match self {
             Schedule::RoundRobin {
                 next,
@@ -700,21 +722,15 @@ impl Schedule {
                 }
             }
             Schedule::Timed {
-                heap,
-                interval,
-                sent,
+                next,
+                round,
+                devices,
+                ..
             } => {
-                let Some(Reverse((due, device))) = heap.pop() else {
-                    return;
-                };
-                let Some(n) = sent.get_mut(device as usize) else {
-                    return;
-                };
-                *n += 1;
-                if count.is_none_or(|c| *n < c) {
-                    // Fixed rate: the next due time follows the schedule, not the send time, so
-                    // a late message does not shift the device's phase.
-                    heap.push(Reverse((due + *interval, device)));
+                *next += 1;
+                if *next >= *devices {
+                    *next = 0;
+                    *round += 1;
                 }
             }
         }
@@ -861,7 +877,7 @@ mod tests {
         let mut order = Vec::new();
         while let Some((due, device)) = s.peek() {
             order.push(((due - start).as_secs(), device));
-            s.advance(opts.count);
+            s.advance();
         }
         assert_eq!(
             order,
@@ -891,7 +907,7 @@ mod tests {
         let mut devices = Vec::new();
         while let Some((_, d)) = s.peek() {
             devices.push(d);
-            s.advance(opts.count);
+            s.advance();
         }
         assert_eq!(devices, [0, 1, 2, 0, 1, 2]);
     }
