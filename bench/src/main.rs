@@ -35,6 +35,9 @@ struct Args {
     /// Messages in the pre-filled stream (3 points each).
     #[arg(long, default_value_t = 1_000_000)]
     messages: u64,
+    /// Simulators pre-filling the stream at once, each on its own connection.
+    #[arg(long, default_value_t = 2)]
+    publishers: u32,
     /// Messages for the database ceiling (pre-encoded in memory); default: as many as the
     /// stream holds, so both write the same rows into an index of the same size.
     #[arg(long)]
@@ -182,26 +185,14 @@ async fn main() -> Result<()> {
     let client = jetscale::stream::connect(&s.nats, "bench").await?;
     let js = async_nats::jetstream::new(client.clone());
     let (_, stream) = jetscale::stream::ensure_stream(&js, &s.stream).await?;
-    let devices = 10_000u32;
     let started = Instant::now();
-    let published = simulate::run(
-        js.clone(),
-        &SimulateOptions {
-            devices,
-            count: Some(args.messages.div_ceil(u64::from(devices))),
-            interval: Duration::ZERO,
-            ..Default::default()
-        },
-        |_| {},
-    )
-    .await?;
-    let publish_rate = published.acked as f64 / started.elapsed().as_secs_f64();
+    let total = prefill(&s, args.messages, args.publishers).await?;
+    let publish_rate = total as f64 / started.elapsed().as_secs_f64();
     eprintln!(
-        "bench: pre-filled {} messages at {:.0} msg/s",
-        published.acked, publish_rate
+        "bench: pre-filled {total} messages at {publish_rate:.0} msg/s ({} publishing connection(s))",
+        args.publishers
     );
     results.insert("publish_msgs_per_s".into(), json!(publish_rate));
-    let total = published.acked;
 
     let bare = bare_drain(&stream, "bare", total).await?;
     eprintln!("bench: bare fetch-and-ack drain {:.0} msg/s", bare);
@@ -681,6 +672,40 @@ async fn stop(collector: tokio::process::Child) -> Result<String> {
 
 /// The simulator at `rate` msg/s (devices = rate × 10 at a 10 s interval) while the collector
 /// runs; bounded lag and p99 publish-to-commit latency under 2 s pass.
+/// Fills the stream with about `messages` seed-000 messages from `publishers` simulators, each
+/// with its own connection (nats-server reads each connection on one thread) and its share of
+/// the 10,000 devices; returns how many were stored.
+async fn prefill(s: &Settings, messages: u64, publishers: u32) -> Result<u64> {
+    let publishers = publishers.clamp(1, 100);
+    let devices = 10_000 / publishers;
+    let per_device = messages.div_ceil(u64::from(devices) * u64::from(publishers));
+    let mut tasks = Vec::new();
+    for p in 0..publishers {
+        let client = jetscale::stream::connect(&s.nats, &format!("bench-publisher-{p}")).await?;
+        let js = async_nats::jetstream::new(client);
+        let opts = SimulateOptions {
+            devices,
+            count: Some(per_device),
+            interval: Duration::ZERO,
+            device_prefix: if publishers == 1 {
+                SimulateOptions::default().device_prefix
+            } else {
+                format!("sensor-p{p}-")
+            },
+            seed: u64::from(p),
+            ..Default::default()
+        };
+        tasks.push(tokio::spawn(async move {
+            simulate::run(js, &opts, |_| {}).await
+        }));
+    }
+    let mut stored = 0;
+    for task in tasks {
+        stored += task.await??.acked;
+    }
+    Ok(stored)
+}
+
 /// Publish acks the live simulator awaits at once.
 const LIVE_MAX_IN_FLIGHT: usize = 32_768;
 
