@@ -670,8 +670,6 @@ async fn stop(collector: tokio::process::Child) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The simulator at `rate` msg/s (devices = rate × 10 at a 10 s interval) while the collector
-/// runs; bounded lag and p99 publish-to-commit latency under 2 s pass.
 /// Fills the stream with about `messages` seed-000 messages from `publishers` simulators, each
 /// with its own connection (nats-server reads each connection on one thread) and its share of
 /// the 10,000 devices; returns how many were stored.
@@ -709,6 +707,8 @@ async fn prefill(s: &Settings, messages: u64, publishers: u32) -> Result<u64> {
 /// Publish acks the live simulator awaits at once.
 const LIVE_MAX_IN_FLIGHT: usize = 32_768;
 
+/// The simulator at `rate` msg/s (devices = rate × 10 at a 10 s interval) while the collector
+/// runs; bounded lag and p99 publish-to-commit latency under 2 s pass.
 async fn live_step(
     nats: &NatsServer,
     db_url: &str,

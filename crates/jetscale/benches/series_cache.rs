@@ -24,10 +24,9 @@ const BATCH: usize = 5_000;
 
 fn lookups(c: &mut Criterion) {
     for series in [30_000u64, 1_500_000] {
-        let all = keys(series);
-        let keys_of = all.clone();
+        let keys_of = keys(series);
         let cache = SeriesCache::new(2_097_152);
-        cache.insert_all(all.iter().enumerate().map(|(i, k)| (*k, i as i64 + 1)));
+        cache.insert_all(keys_of.iter().enumerate().map(|(i, k)| (*k, i as i64 + 1)));
         println!(
             "series_cache/{series}: {} entries in {:.1} MiB of table",
             cache.len(),
@@ -36,9 +35,10 @@ fn lookups(c: &mut Criterion) {
         // One batch's worth of points per iteration, the fleet's next ones in publishing
         // order, so a large fleet's lookups do not find the previous iteration's lines cached.
         let mut cursor = 0usize;
+        let windows = keys_of.len() - BATCH;
         let mut next_batch = move || {
             let start = cursor;
-            cursor = (cursor + BATCH) % (all.len() - BATCH);
+            cursor = (cursor + BATCH) % windows;
             start..start + BATCH
         };
         let mut group = c.benchmark_group(format!("series_cache/{series}"));

@@ -222,6 +222,10 @@ impl Batch {
         let Some(cache) = &self.series else {
             return;
         };
+        if self.pending_series.keys.is_empty() {
+            // Spans, logs, distributions: no lock to take.
+            return;
+        }
         let mut pending = std::mem::take(&mut self.pending_series);
         cache.get_many(&pending.keys, &mut pending.ids);
         let metrics = &mut self.buffers[Table::Metrics as usize];

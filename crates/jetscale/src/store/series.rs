@@ -308,8 +308,8 @@ impl KeyTable {
             + self.directory.len() * std::mem::size_of::<u32>()
     }
 
-    /// The directory hash: the key's low word less its lowest bit, which the slot does not
-    /// keep (so a split can place a key by what its slot holds). Its leading bits pick the
+    /// The directory hash: the top half of the key's low word, the part of it a slot keeps
+    /// (so a split can place a key by what its slot holds). Its leading bits pick the
     /// segment; the home slot comes from the high word, independent of them.
     fn directory_hash(key: &SeriesKey) -> u64 {
         key.0[1] >> 32 << 32
