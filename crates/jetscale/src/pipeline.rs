@@ -570,10 +570,17 @@ async fn upkeep_loop(
         )
         .await
         {
-            Ok(u) if u.partitions_created + u.partitions_dropped + u.rollup_buckets > 0 => {
+            Ok(u)
+                if u.partitions_created
+                    + u.partitions_dropped
+                    + u.partitions_indexed
+                    + u.rollup_buckets
+                    > 0 =>
+            {
                 tracing::info!(
                     created = u.partitions_created,
                     dropped = u.partitions_dropped,
+                    indexed = u.partitions_indexed,
                     rollup_buckets = u.rollup_buckets,
                     "maintenance"
                 );

@@ -21,6 +21,168 @@ async fn count(db: &tokio_postgres::Client, sql: &str) -> i64 {
     db.query_one(sql, &[]).await.unwrap().get(0)
 }
 
+async fn index_defs(db: &tokio_postgres::Client, table: &str) -> Vec<String> {
+    db.query(
+        "SELECT indexdef FROM pg_indexes WHERE tablename = $1 ORDER BY indexname",
+        &[&table],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+/// The points table's partitions that hold rows, oldest first, each with its index
+/// definitions.
+async fn partitions_with_rows(db: &tokio_postgres::Client) -> Vec<(String, Vec<String>)> {
+    let names: Vec<String> = db
+        .query(
+            "SELECT DISTINCT tableoid::regclass::text FROM iot_metrics_points ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut out = Vec::new();
+    for name in names {
+        let defs = index_defs(db, &name).await;
+        out.push((name, defs));
+    }
+    out
+}
+
+/// One device's reading of `device.temperature` at `time_ns`, as OTLP JSON.
+fn reading_at(device: &str, time_ns: i64, value: f64) -> String {
+    format!(
+        r#"{{"resourceMetrics":[{{"resource":{{"attributes":[{{"key":"device.id","value":{{"stringValue":"{device}"}}}},{{"key":"device.location","value":{{"stringValue":"lab"}}}}]}},"scopeMetrics":[{{"metrics":[{{"name":"device.temperature","unit":"Cel","gauge":{{"dataPoints":[{{"timeUnixNano":"{time_ns}","asDouble":{value}}}]}}}}]}}]}}]}}"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn points_partitions_are_indexed_once_they_have_closed() {
+    let nats = common::nats().await;
+    let db_url = common::fresh_database("index_on_close").await;
+    let settings = common::settings(&nats.server.url(), &db_url);
+    assert!(!settings.store.index_open_partitions, "the default");
+    common::provision_stream(&settings).await;
+
+    // A device that was offline sends a reading from three hours ago (a closed hour) while
+    // the fleet sends current ones (the open hour).
+    let now_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    let three_hours_ago = now_ns - 3 * 3600 * 1_000_000_000;
+    let js = async_nats::jetstream::new(async_nats::connect(nats.server.url()).await.unwrap());
+    js.publish(
+        "telemetry.metrics.late-1",
+        reading_at("late-1", three_hours_ago, 41.5).into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    common::simulate(&nats.server.url(), 50, 1).await;
+    let report = common::collect_until_idle(&settings).await;
+    assert_eq!(report.messages, 51);
+
+    let db = common::db(&db_url).await;
+    assert!(
+        index_defs(&db, "iot_metrics_points").await.is_empty(),
+        "no index on the parent"
+    );
+    // What the collector's maintenance does every round, until nothing is left to do.
+    let names = jetscale::store::schema::Names::new(&settings.store);
+    let closed_before =
+        std::time::SystemTime::now() - jetscale::store::maintenance::INDEX_AFTER_CLOSE;
+    while jetscale::store::maintenance::index_closed_partitions(&db, &names, closed_before, 1)
+        .await
+        .unwrap()
+        > 0
+    {}
+
+    let partitions = partitions_with_rows(&db).await;
+    assert!(partitions.len() >= 2, "{partitions:?}");
+    let (old, old_defs) = &partitions[0];
+    assert_eq!(
+        old_defs.len(),
+        1,
+        "the closed partition {old}: {old_defs:?}"
+    );
+    assert!(
+        old_defs[0].contains("(series_id, \"time\" DESC)"),
+        "{old_defs:?}"
+    );
+    let (open, open_defs) = &partitions[partitions.len() - 1];
+    assert!(
+        open_defs.is_empty(),
+        "the open partition {open} takes rows unindexed: {open_defs:?}"
+    );
+    // Built once: another round finds nothing to do.
+    assert_eq!(
+        jetscale::store::maintenance::index_closed_partitions(&db, &names, closed_before, 10)
+            .await
+            .unwrap(),
+        0
+    );
+
+    // The closed hour answers through its index; a row arriving late still lands in it.
+    js.publish(
+        "telemetry.metrics.late-1",
+        reading_at("late-1", three_hours_ago + 10_000_000_000, 42.5).into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    assert_eq!(common::collect_until_idle(&settings).await.messages, 1);
+    let device_sql = format!(
+        "SELECT count(*) FROM iot_metrics WHERE device_id = 'late-1' AND time <= to_timestamp({})",
+        (three_hours_ago + 60_000_000_000) / 1_000_000_000
+    );
+    assert_eq!(count(&db, &device_sql).await, 2);
+    db.batch_execute("SET enable_seqscan = off").await.unwrap();
+    let plan: Vec<String> = db
+        .query(&format!("EXPLAIN {device_sql}"), &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        plan.iter().any(
+            |l| l.contains(old.rsplit('.').next().unwrap_or(old).trim_matches('"'))
+                && l.contains("Index")
+        ),
+        "{plan:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn index_open_partitions_keeps_the_index_on_the_parent() {
+    let nats = common::nats().await;
+    let db_url = common::fresh_database("index_on_insert").await;
+    let mut settings = common::settings(&nats.server.url(), &db_url);
+    settings.store.index_open_partitions = true;
+    common::provision_stream(&settings).await;
+    common::simulate(&nats.server.url(), 50, 1).await;
+    assert_eq!(common::collect_until_idle(&settings).await.messages, 50);
+
+    let db = common::db(&db_url).await;
+    let parent = index_defs(&db, "iot_metrics_points").await;
+    assert_eq!(parent.len(), 1, "{parent:?}");
+    assert!(
+        parent[0].contains("(series_id, \"time\" DESC)"),
+        "{parent:?}"
+    );
+    for (partition, defs) in partitions_with_rows(&db).await {
+        assert_eq!(defs.len(), 1, "{partition} is indexed on insert: {defs:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_collector_finds_its_fleet_in_the_warmed_cache() {
     let nats = common::nats().await;
@@ -92,7 +254,8 @@ async fn series_are_stored_once_and_shared_by_collectors_with_small_caches() {
     assert_eq!(stored.len(), 4500);
     assert_eq!(stored, expected, "every value once, bit for bit");
 
-    // Every point belongs to a series; the points table carries one index.
+    // Every point belongs to a series; the points table has no index of its own (its
+    // partitions get one when they close: the test below).
     assert_eq!(
         count(
             &db,
@@ -101,21 +264,7 @@ async fn series_are_stored_once_and_shared_by_collectors_with_small_caches() {
         .await,
         0
     );
-    let indexes: Vec<String> = db
-        .query(
-            "SELECT indexdef FROM pg_indexes WHERE tablename = 'iot_metrics_points'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert_eq!(indexes.len(), 1, "{indexes:?}");
-    assert!(
-        indexes[0].contains("(series_id, \"time\" DESC)"),
-        "{indexes:?}"
-    );
+    assert!(index_defs(&db, "iot_metrics_points").await.is_empty());
 
     // The seed's query plans through the view and answers.
     let rows = db.query(SEED_ANOMALY_SQL, &[]).await;

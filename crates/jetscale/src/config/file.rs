@@ -241,6 +241,9 @@ pub struct PostgresExporter {
     pub series_cache: Option<usize>,
     /// jetscale: TimescaleDB 2.21+ only: COPY straight into compressed chunks.
     pub direct_compress: Option<bool>,
+    /// jetscale: plain PostgreSQL, series layout: index the open (current) partition of the
+    /// points table on every insert. Off by default: a partition is indexed once it closes.
+    pub index_open_partitions: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

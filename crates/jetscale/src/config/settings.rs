@@ -130,6 +130,9 @@ pub struct StoreSettings {
     pub series_cache: usize,
     /// TimescaleDB 2.21+: `timescaledb.enable_direct_compress_copy` on the writers' sessions.
     pub direct_compress: bool,
+    /// Plain PostgreSQL, series layout: keep the `(series_id, time)` index on the parent, so
+    /// open partitions are indexed row by row. Off: each partition is indexed when it closes.
+    pub index_open_partitions: bool,
 }
 
 /// How metric points are stored.
@@ -433,6 +436,7 @@ pub fn resolve(file: &ConfigFile, overrides: &Overrides) -> Result<Settings, Con
             .unwrap_or(DEFAULT_SERIES_CACHE)
             .max(1024),
         direct_compress: pg.and_then(|p| p.direct_compress).unwrap_or(false),
+        index_open_partitions: pg.and_then(|p| p.index_open_partitions).unwrap_or(false),
     };
     validate_identifier("exporters.postgresql.schema", &store.schema)?;
     validate_identifier("exporters.postgresql.table_name", &store.metrics_table)?;

@@ -6,7 +6,7 @@
 use super::schema::{Backend, Names};
 use super::writer::ensure_partition_range;
 use super::StoreError;
-use crate::config::StoreSettings;
+use crate::config::{MetricsLayout, StoreSettings};
 use crate::process::Table;
 use std::time::{Duration, SystemTime};
 use tokio_postgres::Client;
@@ -17,7 +17,16 @@ pub struct Upkeep {
     pub partitions_created: i32,
     pub partitions_dropped: i32,
     pub rollup_buckets: i32,
+    pub partitions_indexed: i32,
 }
+
+/// How long after its end a points partition is indexed (`index_open_partitions: false`):
+/// points that arrive late for a just-closed hour still skip index maintenance, and the
+/// build, which holds back writes to that one partition, starts once they have tailed off.
+pub const INDEX_AFTER_CLOSE: Duration = Duration::from_secs(600);
+/// Partitions indexed per round: the build takes seconds to minutes, one is enough between
+/// rounds.
+const INDEX_PER_ROUND: i32 = 1;
 
 fn now_us() -> i64 {
     SystemTime::now()
@@ -50,7 +59,28 @@ pub async fn partitions_ahead(
     Ok(created)
 }
 
-/// One round: partitions, rollup, retention, as the backend needs.
+/// Builds the `(series_id, time DESC)` index of up to `limit` points partitions that ended
+/// before `closed_before` and have none; returns how many it built.
+pub async fn index_closed_partitions(
+    client: &Client,
+    names: &Names,
+    closed_before: SystemTime,
+    limit: i32,
+) -> Result<i32, StoreError> {
+    Ok(client
+        .query_one(
+            &format!(
+                "SELECT {}.jetscale_index_closed_points($1, $2)",
+                names.schema
+            ),
+            &[&closed_before, &limit],
+        )
+        .await?
+        .get(0))
+}
+
+/// One round: partitions, indexes of closed partitions, rollup, retention, as the backend
+/// needs.
 pub async fn run_once(
     client: &Client,
     names: &Names,
@@ -61,6 +91,15 @@ pub async fn run_once(
     let mut upkeep = Upkeep::default();
     if backend.native_partitions() {
         upkeep.partitions_created = partitions_ahead(client, names, settings, ahead).await?;
+        if names.layout == MetricsLayout::Series && !settings.index_open_partitions {
+            upkeep.partitions_indexed = index_closed_partitions(
+                client,
+                names,
+                SystemTime::now() - INDEX_AFTER_CLOSE,
+                INDEX_PER_ROUND,
+            )
+            .await?;
+        }
     }
     if !backend.continuous_aggregate() {
         upkeep.rollup_buckets = client
