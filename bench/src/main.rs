@@ -221,6 +221,21 @@ async fn main() -> Result<()> {
         json!(rss_kib as f64 / 1024.0),
     );
 
+    // 3b. The drain's deferred cost: each points partition is indexed once it closes
+    // (`index_open_partitions: false`, the default). Built here at once, as maintenance would
+    // an hour later, to report what it costs beside the drain.
+    let index_secs = index_on_close(&nats.url(), &drain_db).await?;
+    let drain_with_index = (total * 3) as f64 / (drain_secs + index_secs);
+    eprintln!(
+        "bench: closing partitions' index build {index_secs:.2} s ({:.0} rows/s); drain with it {drain_with_index:.0} points/s",
+        (total * 3) as f64 / index_secs.max(1e-9)
+    );
+    results.insert("index_on_close_secs".into(), json!(index_secs));
+    results.insert(
+        "jetscale_drain_with_index_points_per_s".into(),
+        json!(drain_with_index),
+    );
+
     // 2b. Publishing and consuming at once (fresh messages, a consumer from "new").
     let both = publish_and_consume(&js, &stream, 200_000.min(total)).await?;
     eprintln!("bench: publish and consume at once {:.0} msg/s", both);
@@ -310,6 +325,22 @@ async fn main() -> Result<()> {
     row("publish alone (msg/s)", format!("{publish_rate:.0}"));
     row("publish + consume at once (msg/s)", format!("{both:.0}"));
     row("jetscale drain (points/s)", format!("{drain_points:.0}"));
+    row(
+        "closing index build (s)",
+        format!(
+            "{:.2}",
+            results["index_on_close_secs"].as_f64().unwrap_or(0.0)
+        ),
+    );
+    row(
+        "drain incl. index build (points/s)",
+        format!(
+            "{:.0}",
+            results["jetscale_drain_with_index_points_per_s"]
+                .as_f64()
+                .unwrap_or(0.0)
+        ),
+    );
     row(
         "jetscale peak RSS (MiB)",
         format!("{:.1}", rss_kib as f64 / 1024.0),
@@ -506,6 +537,18 @@ async fn bare_drain(
 
 /// Runs the real collector binary over the pre-filled stream; returns seconds until every
 /// message was acknowledged (so committed), and its peak RSS.
+/// Seconds to build the index of every points partition in `db_url` that has none, as the
+/// collector's maintenance does once a partition has closed.
+async fn index_on_close(nats_url: &str, db_url: &str) -> Result<f64> {
+    let s = settings(nats_url, db_url)?;
+    let client = store::connect(&s.store).await?;
+    let names = schema::Names::new(&s.store);
+    let started = Instant::now();
+    let far_future = std::time::SystemTime::now() + Duration::from_secs(10 * 365 * 86_400);
+    store::maintenance::index_closed_partitions(&client, &names, far_future, i32::MAX).await?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
 async fn jetscale_drain(
     nats_url: &str,
     db_url: &str,

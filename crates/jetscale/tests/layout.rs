@@ -159,6 +159,28 @@ async fn points_partitions_are_indexed_once_they_have_closed() {
         ),
         "{plan:#?}"
     );
+
+    // Turned on, the parent's index adopts the partitions' own instead of building twice;
+    // turned off again, the parent's index is kept and setup says how to drop it.
+    let mut on = settings.clone();
+    on.store.index_open_partitions = true;
+    let mut admin = common::db(&db_url).await;
+    jetscale::store::schema::migrate(&mut admin, &on.store)
+        .await
+        .unwrap();
+    assert_eq!(index_defs(&db, "iot_metrics_points").await.len(), 1);
+    for (partition, defs) in partitions_with_rows(&db).await {
+        assert_eq!(defs.len(), 1, "{partition}: {defs:?}");
+    }
+    let report = jetscale::store::schema::migrate(&mut admin, &settings.store)
+        .await
+        .unwrap();
+    assert!(
+        report.notes.iter().any(|n| n.contains("DROP INDEX")),
+        "{:?}",
+        report.notes
+    );
+    assert_eq!(index_defs(&db, "iot_metrics_points").await.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
