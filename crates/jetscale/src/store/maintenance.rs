@@ -79,8 +79,8 @@ pub async fn index_closed_partitions(
         .get(0))
 }
 
-/// One round: partitions, indexes of closed partitions, rollup, retention, as the backend
-/// needs.
+/// One round: partitions, rollup, retention, then indexes of closed partitions, as the
+/// backend needs.
 pub async fn run_once(
     client: &Client,
     names: &Names,
@@ -91,15 +91,6 @@ pub async fn run_once(
     let mut upkeep = Upkeep::default();
     if backend.native_partitions() {
         upkeep.partitions_created = partitions_ahead(client, names, settings, ahead).await?;
-        if names.layout == MetricsLayout::Series && !settings.index_open_partitions {
-            upkeep.partitions_indexed = index_closed_partitions(
-                client,
-                names,
-                SystemTime::now() - INDEX_AFTER_CLOSE,
-                INDEX_PER_ROUND,
-            )
-            .await?;
-        }
     }
     if !backend.continuous_aggregate() {
         upkeep.rollup_buckets = client
@@ -151,6 +142,19 @@ pub async fn run_once(
                 &[&rollup_cutoff],
             )
             .await?;
+    }
+    // Last: the build can take minutes, and retention may have dropped what it would index.
+    if backend.native_partitions()
+        && names.layout == MetricsLayout::Series
+        && !settings.index_open_partitions
+    {
+        upkeep.partitions_indexed = index_closed_partitions(
+            client,
+            names,
+            SystemTime::now() - INDEX_AFTER_CLOSE,
+            INDEX_PER_ROUND,
+        )
+        .await?;
     }
     Ok(upkeep)
 }
