@@ -21,31 +21,38 @@ async fn count(db: &tokio_postgres::Client, sql: &str) -> i64 {
     db.query_one(sql, &[]).await.unwrap().get(0)
 }
 
+/// The first column of every row `sql` returns, as text.
+async fn texts(
+    db: &tokio_postgres::Client,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Vec<String> {
+    db.query(sql, params)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 async fn index_defs(db: &tokio_postgres::Client, table: &str) -> Vec<String> {
-    db.query(
+    texts(
+        db,
         "SELECT indexdef FROM pg_indexes WHERE tablename = $1 ORDER BY indexname",
         &[&table],
     )
     .await
-    .unwrap()
-    .iter()
-    .map(|r| r.get(0))
-    .collect()
 }
 
 /// The points table's partitions that hold rows, oldest first, each with its index
 /// definitions.
 async fn partitions_with_rows(db: &tokio_postgres::Client) -> Vec<(String, Vec<String>)> {
-    let names: Vec<String> = db
-        .query(
-            "SELECT DISTINCT tableoid::regclass::text FROM iot_metrics_points ORDER BY 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let names = texts(
+        db,
+        "SELECT DISTINCT tableoid::regclass::text FROM iot_metrics_points ORDER BY 1",
+        &[],
+    )
+    .await;
     let mut out = Vec::new();
     for name in names {
         let defs = index_defs(db, &name).await;
@@ -145,13 +152,7 @@ async fn points_partitions_are_indexed_once_they_have_closed() {
     );
     assert_eq!(count(&db, &device_sql).await, 2);
     db.batch_execute("SET enable_seqscan = off").await.unwrap();
-    let plan: Vec<String> = db
-        .query(&format!("EXPLAIN {device_sql}"), &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let plan = texts(&db, &format!("EXPLAIN {device_sql}"), &[]).await;
     assert!(
         plan.iter().any(
             |l| l.contains(old.rsplit('.').next().unwrap_or(old).trim_matches('"'))
@@ -317,16 +318,12 @@ async fn the_wide_layout_is_the_seeds_table_value_for_value() {
     let db = common::db(&db_url).await;
     assert_eq!(relkind(&db, "iot_metrics").await.as_deref(), Some("p"));
     assert_eq!(relkind(&db, "iot_metrics_series").await, None);
-    let mut indexes: Vec<String> = db
-        .query(
-            "SELECT indexname::text FROM pg_indexes WHERE tablename = 'iot_metrics'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let mut indexes = texts(
+        &db,
+        "SELECT indexname::text FROM pg_indexes WHERE tablename = 'iot_metrics'",
+        &[],
+    )
+    .await;
     indexes.sort();
     assert_eq!(indexes, ["idx_device_time", "idx_location_metric"]);
 
