@@ -94,6 +94,47 @@ fn jetscale_binary() -> Result<PathBuf> {
     }
 }
 
+/// CPU time (user + system) a process has used so far, in seconds, from /proc.
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces: count fields after it.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after_name.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some((user + system) as f64 / ticks)
+}
+
+/// Parent pid of a process, from /proc.
+fn parent_pid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// CPU seconds of a process and its live children (a PostgreSQL postmaster's backends).
+fn tree_cpu_secs(root: u32) -> f64 {
+    let children: f64 = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| parent_pid(pid) == Some(root))
+        .filter_map(cpu_secs)
+        .sum();
+    cpu_secs(root).unwrap_or(0.0) + children
+}
+
+/// What the machine's processes spent during the drain, in CPU seconds.
+#[derive(Debug, Default, Clone, Copy)]
+struct DrainCpu {
+    collector: f64,
+    nats_server: f64,
+    postgres: f64,
+}
+
 /// Peak resident memory of a process, from /proc (VmHWM), in KiB.
 fn peak_rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -107,11 +148,8 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let machine = format!(
-        "{} cores, {:.0} GiB",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        mem_gib()
-    );
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let machine = format!("{cores} cores, {:.0} GiB", mem_gib());
     std::fs::create_dir_all(&args.dir)?;
     let stack_dir = args.dir.join("stack");
     let _ = std::fs::remove_dir_all(&stack_dir);
@@ -200,12 +238,17 @@ async fn main() -> Result<()> {
 
     // 3. jetscale drain.
     let drain_db = pg.create_database("drain").await?;
-    let (drain_secs, rss_kib) = jetscale_drain(
+    let servers = ServerPids {
+        nats_server: nats.pid(),
+        postmaster: pg.pid(),
+    };
+    let (drain_secs, rss_kib, drain_cpu) = jetscale_drain(
         &nats.url(),
         &drain_db,
         &stream,
         total,
         collector_config.as_deref(),
+        servers,
     )
     .await?;
     let drain_points = (total * 3) as f64 / drain_secs;
@@ -216,6 +259,23 @@ async fn main() -> Result<()> {
         rss_kib / 1024
     );
     results.insert("jetscale_drain_points_per_s".into(), json!(drain_points));
+    let per_message_us = |secs: f64| secs * 1e6 / total as f64;
+    eprintln!(
+        "bench: CPU per message during the drain: collector {:.2} µs, nats-server {:.2} µs, PostgreSQL {:.2} µs ({:.0} % of the machine's cores busy)",
+        per_message_us(drain_cpu.collector),
+        per_message_us(drain_cpu.nats_server),
+        per_message_us(drain_cpu.postgres),
+        100.0 * (drain_cpu.collector + drain_cpu.nats_server + drain_cpu.postgres)
+            / (drain_secs * cores as f64),
+    );
+    results.insert(
+        "drain_cpu_us_per_message".into(),
+        json!({
+            "collector": per_message_us(drain_cpu.collector),
+            "nats_server": per_message_us(drain_cpu.nats_server),
+            "postgres": per_message_us(drain_cpu.postgres),
+        }),
+    );
     results.insert(
         "jetscale_peak_rss_mib".into(),
         json!(rss_kib as f64 / 1024.0),
@@ -344,6 +404,15 @@ async fn main() -> Result<()> {
     row(
         "jetscale peak RSS (MiB)",
         format!("{:.1}", rss_kib as f64 / 1024.0),
+    );
+    row(
+        "drain CPU/msg: collector, NATS, PG (µs)",
+        format!(
+            "{:.1} {:.1} {:.1}",
+            per_message_us(drain_cpu.collector),
+            per_message_us(drain_cpu.nats_server),
+            per_message_us(drain_cpu.postgres)
+        ),
     );
     if let Some(n) = naive {
         row("naive consumer (points/s)", format!("{n:.0}"));
@@ -535,8 +604,6 @@ async fn bare_drain(
     Ok(seen as f64 / started.elapsed().as_secs_f64())
 }
 
-/// Runs the real collector binary over the pre-filled stream; returns seconds until every
-/// message was acknowledged (so committed), and its peak RSS.
 /// Seconds to build the index of every points partition in `db_url` that has none, as the
 /// collector's maintenance does once a partition has closed.
 async fn index_on_close(nats_url: &str, db_url: &str) -> Result<f64> {
@@ -549,14 +616,35 @@ async fn index_on_close(nats_url: &str, db_url: &str) -> Result<f64> {
     Ok(started.elapsed().as_secs_f64())
 }
 
+/// The servers whose CPU the drain's figures charge to it.
+#[derive(Debug, Clone, Copy)]
+struct ServerPids {
+    nats_server: Option<u32>,
+    postmaster: Option<u32>,
+}
+
+impl ServerPids {
+    fn cpu(&self) -> (f64, f64) {
+        (
+            self.nats_server.and_then(cpu_secs).unwrap_or(0.0),
+            self.postmaster.map_or(0.0, tree_cpu_secs),
+        )
+    }
+}
+
+/// Runs the real collector binary over the pre-filled stream; returns seconds until every
+/// message was acknowledged (so committed), its peak RSS, and the CPU the collector and the
+/// servers spent meanwhile.
 async fn jetscale_drain(
     nats_url: &str,
     db_url: &str,
     stream: &async_nats::jetstream::stream::Stream,
     total: u64,
     config: Option<&Path>,
-) -> Result<(f64, u64)> {
+    servers: ServerPids,
+) -> Result<(f64, u64, DrainCpu)> {
     let started = Instant::now();
+    let servers_before = servers.cpu();
     let mut command = tokio::process::Command::new(jetscale_binary()?);
     command.args([
         "collect",
@@ -582,15 +670,28 @@ async fn jetscale_drain(
     let pid = child.id().unwrap_or(0);
     let mut peak = 0u64;
     let mut done_at = None;
+    let mut cpu = DrainCpu::default();
     loop {
         if let Some(kib) = peak_rss_kib(pid) {
             peak = peak.max(kib);
         }
         if done_at.is_none() {
+            // Read before the ack floor is asked for, so the collector's idle wait for exit
+            // is not charged; the servers' figures include the bench's own consumer polls.
+            let collector = cpu_secs(pid).unwrap_or(cpu.collector);
             if let Ok(info) = stream.consumer_info("jetscale").await {
                 if info.ack_floor.stream_sequence >= total && info.num_ack_pending == 0 {
                     done_at = Some(started.elapsed());
+                    let (nats_server, postgres) = servers.cpu();
+                    cpu = DrainCpu {
+                        collector,
+                        nats_server: nats_server - servers_before.0,
+                        postgres: postgres - servers_before.1,
+                    };
                 }
+            }
+            if done_at.is_none() {
+                cpu.collector = collector;
             }
         }
         if let Some(status) = child.try_wait()? {
@@ -604,7 +705,7 @@ async fn jetscale_drain(
     let secs = done_at
         .context("the collector exited before acknowledging every message")?
         .as_secs_f64();
-    Ok((secs, peak))
+    Ok((secs, peak, cpu))
 }
 
 async fn publish_and_consume(
