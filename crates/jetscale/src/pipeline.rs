@@ -144,6 +144,7 @@ pub async fn run(
 
     let (batch_tx, batch_rx) = mpsc::channel::<Batch>(settings.store.writers);
     let batch_rx = Arc::new(Mutex::new(batch_rx));
+    let (emptied_tx, emptied_rx) = mpsc::channel::<Batch>(settings.store.writers + 1);
     let series = (settings.store.layout == MetricsLayout::Series)
         .then(|| Arc::new(SeriesCache::new(settings.store.series_cache)));
     if let Some(cache) = &series {
@@ -173,6 +174,7 @@ pub async fn run(
             nats.clone(),
             acks.clone(),
             batch_rx.clone(),
+            emptied_tx.clone(),
             counters.clone(),
             shutdown.clone(),
         )));
@@ -199,7 +201,10 @@ pub async fn run(
         &nats,
         &acks,
         empty_batch,
-        batch_tx,
+        Outbox {
+            full: batch_tx,
+            emptied: emptied_rx,
+        },
         &mut shutdown,
     )
     .await;
@@ -288,6 +293,59 @@ async fn register_stream(
 }
 
 #[allow(clippy::too_many_arguments)]
+/// Where the fetch loop sends full batches, and finds the ones the writers have emptied.
+struct Outbox {
+    full: mpsc::Sender<Batch>,
+    emptied: mpsc::Receiver<Batch>,
+}
+
+impl Outbox {
+    /// An empty batch to fill next: one a writer handed back, or a new one like `batch`.
+    fn empty_like(&mut self, batch: &Batch, max_rows: usize) -> Batch {
+        match self.emptied.try_recv() {
+            Ok(mut reused) => {
+                reused.opened = Instant::now();
+                reused
+            }
+            Err(_) => batch.fresh(max_rows),
+        }
+    }
+
+    /// Sends `batch` to the writers and starts an empty one in its place; false once the
+    /// writers are gone.
+    async fn send_and_renew(&mut self, batch: &mut Batch, max_rows: usize) -> bool {
+        let next = self.empty_like(batch, max_rows);
+        let full = std::mem::replace(batch, next);
+        self.full.send(full).await.is_ok()
+    }
+}
+
+/// The headers the decoder reads, found in one pass: looking each up by name would build a
+/// header name (an allocation for the custom ones) and hash it, three times per message.
+#[derive(Default)]
+struct DecodeHeaders<'a> {
+    content_type: Option<&'a str>,
+    jetscale_format: Option<&'a str>,
+    otlp_signal: Option<&'a str>,
+}
+
+impl<'a> DecodeHeaders<'a> {
+    fn of(headers: Option<&'a async_nats::HeaderMap>) -> Self {
+        let mut found = DecodeHeaders::default();
+        for (name, values) in headers.into_iter().flat_map(|h| h.iter()) {
+            let slot = match name.as_ref() {
+                "Content-Type" => &mut found.content_type,
+                "Jetscale-Format" => &mut found.jetscale_format,
+                "Otlp-Signal" => &mut found.otlp_signal,
+                _ => continue,
+            };
+            *slot = values.first().map(|v| v.as_str());
+        }
+        found
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn fetch_loop(
     settings: &Settings,
     options: &RunOptions,
@@ -295,7 +353,7 @@ async fn fetch_loop(
     nats: &async_nats::Client,
     acks: &Acks,
     mut batch: Batch,
-    batch_tx: mpsc::Sender<Batch>,
+    mut outbox: Outbox,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), PipelineError> {
     let mut messages = consumer
@@ -352,11 +410,11 @@ async fn fetch_loop(
                     cumulative.seen(info.consumer_sequence, stream_seq, reply.clone());
                 }
                 let headers = message.headers.as_ref();
-                let header = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
+                let found = DecodeHeaders::of(headers);
                 let incoming = Incoming {
                     subject: message.subject.as_str(),
-                    content_type: header("Content-Type"),
-                    format_header: header("Jetscale-Format").or_else(|| header("Otlp-Signal")),
+                    content_type: found.content_type,
+                    format_header: found.jetscale_format.or(found.otlp_signal),
                     payload: &message.payload,
                 };
                 let delivery = Delivery {
@@ -370,12 +428,10 @@ async fn fetch_loop(
                 if let Err(rejection) = batch.add(&incoming, delivery, &ctx) {
                     tracing::debug!(seq = stream_seq, subject = %message.subject, %rejection, "dead letter");
                 }
-                if batch.weight() >= settings.batch.max_rows {
-                    let next = batch.fresh(settings.batch.max_rows);
-                    let full = std::mem::replace(&mut batch, next);
-                    if batch_tx.send(full).await.is_err() {
-                        break;
-                    }
+                if batch.weight() >= settings.batch.max_rows
+                    && !outbox.send_and_renew(&mut batch, settings.batch.max_rows).await
+                {
+                    break;
                 }
             }
             _ = tick.tick() => {
@@ -394,15 +450,14 @@ async fn fetch_loop(
                 // A partial batch goes when it is due, or as soon as the stream has nothing
                 // more for now: waiting out the timeout then would only add latency.
                 let drained = last_message.elapsed() >= IDLE_FLUSH;
-                if !batch.is_empty() && (batch.opened.elapsed() >= settings.batch.timeout || drained) {
-                    let next = batch.fresh(settings.batch.max_rows);
-                    let due = std::mem::replace(&mut batch, next);
-                    if batch_tx.send(due).await.is_err() {
-                        break;
-                    }
+                if !batch.is_empty()
+                    && (batch.opened.elapsed() >= settings.batch.timeout || drained)
+                    && !outbox.send_and_renew(&mut batch, settings.batch.max_rows).await
+                {
+                    break;
                 }
                 if let Some(idle) = options.exit_when_idle {
-                    if batch.is_empty() && last_message.elapsed() >= idle && batch_tx.capacity() == batch_tx.max_capacity() {
+                    if batch.is_empty() && last_message.elapsed() >= idle && outbox.full.capacity() == outbox.full.max_capacity() {
                         if let Ok(info) = consumer.info().await {
                             if info.num_pending == 0 && info.num_ack_pending == 0 {
                                 tracing::info!("consumer idle: nothing pending, nothing unacknowledged; stopping");
@@ -417,7 +472,7 @@ async fn fetch_loop(
     // On shutdown the partial batch is written rather than dropped: it is usually small, and
     // an abandoned batch would only be redelivered anyway.
     if !batch.is_empty() {
-        let _ = batch_tx.send(batch).await;
+        let _ = outbox.full.send(batch).await;
     }
     Ok(())
 }
@@ -458,12 +513,13 @@ async fn write_loop(
     nats: async_nats::Client,
     acks: Acks,
     batches: Arc<Mutex<mpsc::Receiver<Batch>>>,
+    emptied: mpsc::Sender<Batch>,
     counters: Arc<Counters>,
     shutdown: watch::Receiver<bool>,
 ) {
     loop {
         let next = batches.lock().await.recv().await;
-        let Some(batch) = next else { return };
+        let Some(mut batch) = next else { return };
         let mut backoff = Duration::from_millis(100);
         let mut last_progress = Instant::now();
         loop {
@@ -509,7 +565,7 @@ async fn write_loop(
                     let replies: Vec<_> = batch
                         .messages
                         .iter()
-                        .flat_map(|m| m.replies.iter().cloned())
+                        .flat_map(|m| m.replies().cloned())
                         .collect();
                     if last_progress.elapsed() >= settings.consumer.ack_wait / 3 {
                         ack::in_progress(&nats, &replies).await;
@@ -532,6 +588,10 @@ async fn write_loop(
                 }
             }
         }
+        // Emptied here, on the writer's thread, rather than dropped: the fetch loop refills
+        // it without allocating. When the fetch loop has gone (or holds enough), it drops.
+        batch.clear();
+        let _ = emptied.try_send(batch);
     }
 }
 
@@ -596,5 +656,30 @@ async fn upkeep_loop(
         {
             tracing::warn!(error = %e, "ledger pruning failed; will retry");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DecodeHeaders;
+
+    #[test]
+    fn the_decoders_headers_are_found_in_one_pass() {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", "dev-1-7");
+        headers.insert("Content-Type", "application/x-protobuf");
+        headers.insert("Otlp-Signal", "logs");
+        headers.insert("Jetscale-Format", "otlp_proto");
+        let found = DecodeHeaders::of(Some(&headers));
+        assert_eq!(found.content_type, Some("application/x-protobuf"));
+        assert_eq!(found.jetscale_format, Some("otlp_proto"));
+        assert_eq!(found.otlp_signal, Some("logs"));
+
+        // Names match exactly, as a lookup by name did.
+        let mut other = async_nats::HeaderMap::new();
+        other.insert("content-type", "text/plain");
+        let found = DecodeHeaders::of(Some(&other));
+        assert_eq!(found.content_type, None);
+        assert!(DecodeHeaders::of(None).content_type.is_none());
     }
 }

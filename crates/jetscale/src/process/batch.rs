@@ -6,6 +6,7 @@ use crate::store::copy::RowWriter;
 use crate::store::series::{NewSeries, SeriesCache, SeriesKey};
 use jetscale_model::{DistributionPoint, LogRecord, MetricPoint, SpanRecord};
 use std::collections::{BTreeSet, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
@@ -43,15 +44,25 @@ pub struct MessageEntry {
     pub patches: Range<usize>,
     /// Index into [`Batch::dead_letters`] when the message is dead-lettered instead.
     pub dead_letter: Option<usize>,
-    /// Reply subjects of every delivery of this message in the batch (a redelivery can
-    /// arrive while the first is still here): all are acknowledged after the commit.
-    pub replies: Vec<async_nats::Subject>,
+    /// Reply subject of the message's first delivery in the batch.
+    pub reply: async_nats::Subject,
+    /// Reply subjects of later deliveries of it in the batch (a redelivery can arrive while
+    /// the first is still here): all are acknowledged after the commit. Kept apart so the
+    /// usual single delivery allocates nothing.
+    pub redeliveries: Vec<async_nats::Subject>,
     /// Publish time, for end-to-end latency.
     pub published_ns: i64,
     /// Kept (reference-counted, not copied) so a message the database refuses can be
     /// dead-lettered whole.
     pub subject: async_nats::Subject,
     pub payload: bytes::Bytes,
+}
+
+impl MessageEntry {
+    /// Reply subjects of every delivery of this message in the batch.
+    pub fn replies(&self) -> impl Iterator<Item = &async_nats::Subject> {
+        std::iter::once(&self.reply).chain(&self.redeliveries)
+    }
 }
 
 /// A message that can not be stored, kept with everything needed to understand it.
@@ -88,7 +99,7 @@ pub struct Batch {
     /// `(offset of a placeholder series id in the metrics buffer, index into new_series)`.
     pub series_patches: Vec<(usize, u32)>,
     pending_series: PendingSeries,
-    by_seq: HashMap<u64, usize>,
+    by_seq: HashMap<u64, usize, BuildHasherDefault<SeqHasher>>,
     chunk_us: i64,
     last_chunk: i64,
     last_hour: i64,
@@ -96,6 +107,31 @@ pub struct Batch {
 }
 
 const HOUR_US: i64 = 3_600_000_000;
+
+/// Bytes a cleared batch keeps of each row buffer for its next use.
+pub const RETAINED_BYTES: usize = 4 << 20;
+
+/// Hashes a stream sequence for the batch's redelivery lookup. The keys are JetStream's own
+/// consecutive sequence numbers, not attacker-chosen, so SipHash's flood resistance buys
+/// nothing here; a multiply spreads them over the table at a fraction of its cost.
+#[derive(Default)]
+struct SeqHasher(u64);
+
+impl Hasher for SeqHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
 
 impl Batch {
     /// An empty batch whose partitions are `chunk_us` microseconds wide.
@@ -118,7 +154,7 @@ impl Batch {
             new_series_index: HashMap::new(),
             series_patches: Vec::new(),
             pending_series: PendingSeries::default(),
-            by_seq: HashMap::new(),
+            by_seq: HashMap::default(),
             chunk_us: chunk_us.max(1),
             last_chunk: i64::MIN,
             last_hour: i64::MIN,
@@ -135,6 +171,33 @@ impl Batch {
     /// An empty batch with the same partition width and layout.
     pub fn fresh(&self, capacity_rows: usize) -> Batch {
         Batch::new(self.chunk_us, capacity_rows).with_series(self.series.clone())
+    }
+
+    /// Empties the batch for reuse, keeping its allocations (within [`RETAINED_BYTES`] per
+    /// buffer, so one burst of large rows does not hold memory for good): a batch is a few
+    /// hundred kilobytes of buffers and tables that would otherwise be allocated, grown,
+    /// page-faulted and freed again for every transaction.
+    pub fn clear(&mut self) {
+        for buffer in &mut self.buffers {
+            buffer.clear();
+            buffer.shrink_to(RETAINED_BYTES);
+        }
+        self.row_counts = [0; 4];
+        self.messages.clear();
+        self.dead_letters.clear();
+        self.chunks.clear();
+        for chunks in &mut self.span_chunks {
+            chunks.clear();
+        }
+        self.hours.clear();
+        self.new_series.clear();
+        self.new_series_index.clear();
+        self.series_patches.clear();
+        self.pending_series.clear();
+        self.by_seq.clear();
+        self.last_chunk = i64::MIN;
+        self.last_hour = i64::MIN;
+        self.opened = Instant::now();
     }
 
     pub fn is_empty(&self) -> bool {
@@ -174,7 +237,7 @@ impl Batch {
             .get(&meta.stream_seq)
             .and_then(|&i| self.messages.get_mut(i))
         {
-            existing.replies.push(meta.reply);
+            existing.redeliveries.push(meta.reply);
             return Ok(());
         }
         self.by_seq.insert(meta.stream_seq, self.messages.len());
@@ -198,7 +261,8 @@ impl Batch {
                     row_count: rows,
                     patches: patches_before..self.series_patches.len(),
                     dead_letter: None,
-                    replies: vec![meta.reply],
+                    reply: meta.reply,
+                    redeliveries: Vec::new(),
                     published_ns: meta.published_ns,
                     subject: meta.subject,
                     payload: meta.payload,
@@ -281,7 +345,8 @@ impl Batch {
             row_count: [0; 4],
             patches: self.series_patches.len()..self.series_patches.len(),
             dead_letter: Some(index),
-            replies: vec![meta.reply],
+            reply: meta.reply,
+            redeliveries: Vec::new(),
             published_ns: meta.published_ns,
             subject: meta.subject,
             payload: meta.payload,
@@ -549,4 +614,148 @@ fn headers_to_json(headers: &async_nats::HeaderMap) -> String {
         map.insert(name.to_string(), serde_json::Value::Array(values));
     }
     serde_json::Value::Object(map).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Limits;
+    use crate::decode::testing;
+    use crate::simulate::payload::write_payload;
+
+    const HOUR_NS: i64 = 3_600_000_000_000;
+
+    fn payload(device: &str, time_ns: i64) -> Vec<u8> {
+        let mut out = Vec::new();
+        write_payload(&mut out, device, "lab", time_ns, [21.5, 40.0, 88.0]);
+        out
+    }
+
+    fn add(batch: &mut Batch, seq: u64, body: &[u8], reply: &str) -> Result<(), Rejection> {
+        let limits = Limits::default();
+        let incoming = Incoming {
+            subject: "telemetry.lab.dev",
+            content_type: None,
+            format_header: None,
+            payload: body,
+        };
+        let delivery = Delivery {
+            stream_seq: seq,
+            reply: reply.into(),
+            headers: None,
+            published_ns: 0,
+            subject: "telemetry.lab.dev".into(),
+            payload: bytes::Bytes::copy_from_slice(body),
+        };
+        batch.add(&incoming, delivery, &testing::ctx(&limits))
+    }
+
+    /// Everything a writer reads from a batch, for comparing two batches.
+    fn contents(b: &Batch) -> impl PartialEq + std::fmt::Debug {
+        let messages: Vec<_> = b
+            .messages
+            .iter()
+            .map(|m| {
+                let replies: Vec<String> = m.replies().map(|r| r.to_string()).collect();
+                (
+                    m.stream_seq,
+                    m.rows.clone(),
+                    m.row_count,
+                    m.patches.clone(),
+                    m.dead_letter,
+                    replies,
+                )
+            })
+            .collect();
+        let dead: Vec<_> = b
+            .dead_letters
+            .iter()
+            .map(|d| (d.stream_seq, d.reason.clone()))
+            .collect();
+        let new_series: Vec<_> = b
+            .new_series
+            .iter()
+            .map(|s| {
+                (
+                    s.device_id.clone(),
+                    s.metric_name.clone(),
+                    s.attributes.clone(),
+                )
+            })
+            .collect();
+        (
+            b.buffers.clone(),
+            b.row_counts,
+            messages,
+            dead,
+            b.chunks.clone(),
+            b.span_chunks.clone(),
+            b.hours.clone(),
+            new_series,
+            b.series_patches.clone(),
+        )
+    }
+
+    fn fill(batch: &mut Batch, first_seq: u64, hour: i64) {
+        let t = 1_700_000_000_000_000_000 + hour * HOUR_NS;
+        add(batch, first_seq, &payload("dev-1", t), "r.1").unwrap();
+        add(batch, first_seq + 1, &payload("dev-2", t + 1), "r.2").unwrap();
+        let _ = add(batch, first_seq + 2, b"{not json", "r.3");
+    }
+
+    #[test]
+    fn a_cleared_batch_refills_exactly_like_a_new_one() {
+        let cache = Some(Arc::new(SeriesCache::new(1024)));
+        let mut reused = Batch::new(HOUR_US, 16).with_series(cache.clone());
+        // A first use that leaves something behind in every part of the batch.
+        fill(&mut reused, 1, 0);
+        add(&mut reused, 1, &payload("dev-1", 5), "r.again").unwrap();
+        assert!(!reused.dead_letters.is_empty() && !reused.new_series.is_empty());
+        reused.clear();
+        assert!(reused.is_empty());
+        assert_eq!(reused.weight(), 0);
+
+        let mut fresh = Batch::new(HOUR_US, 16).with_series(cache);
+        fill(&mut reused, 100, 5);
+        fill(&mut fresh, 100, 5);
+        assert_eq!(contents(&reused), contents(&fresh));
+        assert_eq!(reused.hours.len(), 1, "the first use's hour is gone");
+    }
+
+    #[test]
+    fn a_redelivery_in_the_same_batch_adds_its_reply_and_no_rows() {
+        let mut batch = Batch::new(HOUR_US, 16);
+        let body = payload("dev-1", 1_700_000_000_000_000_000);
+        add(&mut batch, 7, &body, "first").unwrap();
+        let rows = batch.weight();
+        add(&mut batch, 7, &body, "second").unwrap();
+        assert_eq!(batch.weight(), rows);
+        assert_eq!(batch.messages.len(), 1);
+        let replies: Vec<String> = batch.messages[0].replies().map(|r| r.to_string()).collect();
+        assert_eq!(replies, ["first", "second"]);
+    }
+
+    #[test]
+    fn clearing_gives_back_what_a_burst_of_large_rows_grew() {
+        let mut batch = Batch::new(HOUR_US, 16);
+        batch.buffers[Table::Logs as usize].reserve(RETAINED_BYTES * 3);
+        batch.buffers[Table::Metrics as usize].extend_from_slice(&[0; 1024]);
+        let kept = batch.buffers[Table::Metrics as usize].capacity();
+        batch.clear();
+        assert!(batch.buffers[Table::Logs as usize].capacity() <= RETAINED_BYTES);
+        assert_eq!(batch.buffers[Table::Metrics as usize].capacity(), kept);
+        assert!(batch.buffers.iter().all(Vec::is_empty));
+    }
+
+    #[test]
+    fn sequence_hashes_spread_consecutive_numbers() {
+        use std::hash::BuildHasher;
+        let hasher = BuildHasherDefault::<SeqHasher>::default();
+        let buckets: BTreeSet<u64> = (1_000_000..1_000_256u64)
+            .map(|seq| hasher.hash_one(seq) >> 56)
+            .collect();
+        // The table picks buckets and control bytes from the hash's bits: consecutive
+        // sequences must not pile onto a few values of the top byte.
+        assert!(buckets.len() > 128, "{} distinct top bytes", buckets.len());
+    }
 }

@@ -293,7 +293,7 @@ impl Writer {
         outcome.replies = batch
             .messages
             .iter()
-            .flat_map(|m| m.replies.iter().cloned())
+            .flat_map(|m| m.replies().cloned())
             .collect();
         let selected;
         let work = if keep.len() == batch.messages.len() {
