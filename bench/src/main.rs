@@ -232,6 +232,17 @@ async fn main() -> Result<()> {
     );
     results.insert("publish_msgs_per_s".into(), json!(publish_rate));
 
+    let unacked = publish_fire_and_forget(
+        &s,
+        &js,
+        &stream.cached_info().config,
+        args.messages.min(500_000),
+        args.publishers,
+    )
+    .await?;
+    eprintln!("bench: simulator with --fire-and-forget {unacked:.0} msg/s");
+    results.insert("publish_fire_and_forget_msgs_per_s".into(), json!(unacked));
+
     let bare = bare_drain(&stream, "bare", total).await?;
     eprintln!("bench: bare fetch-and-ack drain {:.0} msg/s", bare);
     results.insert("stream_ceiling_msgs_per_s".into(), json!(bare));
@@ -383,6 +394,10 @@ async fn main() -> Result<()> {
     );
     row("stream ceiling (points/s)", format!("{:.0}", bare * 3.0));
     row("publish alone (msg/s)", format!("{publish_rate:.0}"));
+    row(
+        "publish alone, fire-and-forget (msg/s)",
+        format!("{unacked:.0}"),
+    );
     row("publish + consume at once (msg/s)", format!("{both:.0}"));
     row("jetscale drain (points/s)", format!("{drain_points:.0}"));
     row(
@@ -818,6 +833,50 @@ async fn stop(collector: tokio::process::Child) -> Result<String> {
 /// with its own connection (nats-server reads each connection on one thread) and its share of
 /// the 10,000 devices; returns how many were stored.
 async fn prefill(s: &Settings, messages: u64, publishers: u32) -> Result<u64> {
+    publish_fleet(s, messages, publishers, SimulateOptions::default()).await
+}
+
+/// The simulator's best rate: `jetscale simulate --fire-and-forget` into a scratch stream
+/// configured `like` the telemetry stream (so the drain's stream is left as it is), split
+/// over `publishers` connections; msg/s of messages confirmed stored.
+async fn publish_fire_and_forget(
+    s: &Settings,
+    js: &async_nats::jetstream::Context,
+    like: &async_nats::jetstream::stream::Config,
+    messages: u64,
+    publishers: u32,
+) -> Result<f64> {
+    let mut config = like.clone();
+    config.name = "SCRATCH".into();
+    config.subjects = vec!["scratch.>".into()];
+    let _ = js.delete_stream("SCRATCH").await;
+    js.create_stream(config).await?;
+    let started = Instant::now();
+    let stored = publish_fleet(
+        s,
+        messages,
+        publishers,
+        SimulateOptions {
+            subject_prefix: "scratch.metrics".into(),
+            fire_and_forget: true,
+            ..SimulateOptions::default()
+        },
+    )
+    .await?;
+    let rate = stored as f64 / started.elapsed().as_secs_f64();
+    js.delete_stream("SCRATCH").await?;
+    Ok(rate)
+}
+
+/// Publishes about `messages` messages from `publishers` simulators configured like `base`,
+/// each on its own connection and with its share of 10,000 devices; returns how many were
+/// confirmed stored.
+async fn publish_fleet(
+    s: &Settings,
+    messages: u64,
+    publishers: u32,
+    base: SimulateOptions,
+) -> Result<u64> {
     let publishers = publishers.clamp(1, 100);
     let devices = 10_000 / publishers;
     let per_device = messages.div_ceil(u64::from(devices) * u64::from(publishers));
@@ -835,7 +894,7 @@ async fn prefill(s: &Settings, messages: u64, publishers: u32) -> Result<u64> {
                 format!("sensor-p{p}-")
             },
             seed: u64::from(p),
-            ..Default::default()
+            ..base.clone()
         };
         tasks.push(tokio::spawn(async move {
             simulate::run(js, &opts, |_| {}).await

@@ -26,9 +26,15 @@ pub struct Args {
     /// Share of devices that overheat (0 to 1).
     #[arg(long, default_value_t = 0.02)]
     pub overheat_share: f64,
-    /// Publish acknowledgements awaited at once.
+    /// Publish acknowledgements awaited at once (with --fire-and-forget: messages not yet
+    /// confirmed).
     #[arg(long, default_value_t = 4096)]
     pub max_in_flight: usize,
+    /// Load runs: publish most messages as plain NATS messages (no ack, no Nats-Msg-Id), each
+    /// group of up to 1,000 confirmed by one acknowledged JetStream publish. Never duplicates;
+    /// a message lost with the connection counts as an error.
+    #[arg(long)]
+    pub fire_and_forget: bool,
     /// Random seed for the readings.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -45,6 +51,7 @@ impl Args {
             overheat_share: self.overheat_share,
             max_in_flight: self.max_in_flight,
             seed: self.seed,
+            fire_and_forget: self.fire_and_forget,
             ..SimulateOptions::default()
         }
     }

@@ -8,6 +8,13 @@
 //! Delivery is at-least-once and deduplicated: each message carries
 //! `Nats-Msg-Id: {device_id}-{seq}-{run nonce}`, so re-publishing after a lost or failed ack is
 //! safe within the stream's duplicate window, and two runs never collide.
+//!
+//! With `fire_and_forget` most messages go out as plain NATS publishes (no headers, no ack):
+//! a publish ack and a deduplication header cost nats-server about half of what storing the
+//! message does. Every [`CONFIRM_EVERY`]th message, the first, the last and any after which
+//! the fleet falls idle are still JetStream publishes whose ack confirms, by the connection's
+//! ordering, the plain ones before it; a plain message is never retried, so never duplicated,
+//! and one lost with a connection is counted as an error when its confirmation fails.
 
 pub mod fleet;
 pub mod payload;
@@ -36,6 +43,8 @@ const RETRY_BACKOFF: Duration = Duration::from_millis(250);
 /// The seed's payload is JSON; saying so lets the collector pick its decoder without sniffing.
 const CONTENT_TYPE: async_nats::header::HeaderName =
     async_nats::header::HeaderName::from_static("Content-Type");
+/// Fire-and-forget runs: at most this many plain publishes between two confirming ones.
+pub const CONFIRM_EVERY: u64 = 1000;
 /// How often `progress` is called.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// Burst the rate pacer tolerates: timers are coarse (about 1 ms), so strict spacing would
@@ -79,6 +88,9 @@ pub struct SimulateOptions {
     /// Keep every acknowledged point in [`Report::sent`], so tests can check that each value
     /// landed in the database bit for bit. Costs memory; off for load runs.
     pub record_sent: bool,
+    /// Publish most messages as plain NATS messages, confirmed in groups (see the module's
+    /// documentation): for load runs that must not be limited by publish acks.
+    pub fire_and_forget: bool,
 }
 
 impl Default for SimulateOptions {
@@ -96,6 +108,7 @@ impl Default for SimulateOptions {
             max_in_flight: 4096,
             seed: 0,
             record_sent: false,
+            fire_and_forget: false,
         }
     }
 }
@@ -278,6 +291,9 @@ pub async fn run(
     opts.validate()?;
     let start = Instant::now();
     let mut runner = Runner::new(opts, start);
+    if opts.fire_and_forget {
+        runner.plain = Some(js.client());
+    }
     let deadline = opts.duration.map(|d| start + d);
     let mut schedule = Schedule::new(opts, start);
     let mut pacer = opts.rate.map(|rate| Pacer::new(rate, start));
@@ -301,13 +317,23 @@ pub async fn run(
         if runner.retries.front().is_some_and(|r| r.due <= now) {
             if let Some(retry) = runner.retries.pop_front() {
                 runner.retried += 1;
-                runner.publish(&js, retry.pending).await?;
+                runner.publish(&js, retry.pending, true).await?;
             }
             continue;
         }
 
         let generating = !schedule.is_done() && deadline.is_none_or(|d| now < d);
         if !generating && runner.in_flight.is_empty() && runner.retries.is_empty() {
+            if runner.unconfirmed_count > 0 {
+                // The deadline passed between two messages sooner than foreseen: the last
+                // plain ones were never confirmed, so they are not reported as stored.
+                tracing::warn!(
+                    messages = runner.unconfirmed_count,
+                    "plain messages published after the last confirmation count as errors"
+                );
+                runner.errors += std::mem::take(&mut runner.unconfirmed_count);
+                runner.unconfirmed.clear();
+            }
             break;
         }
         let mut wake = next_progress;
@@ -323,9 +349,20 @@ pub async fn run(
                         if let Some(p) = pacer.as_mut() {
                             p.consume(now);
                         }
+                        // A fire-and-forget run confirms before it would wait or stop, so
+                        // no plain message is left unconfirmed at the end or while idle.
+                        let idle_next = schedule.peek().is_none_or(|(due, _)| {
+                            let ready = pacer.as_ref().map_or(due, |p| due.max(p.ready_at()));
+                            ready > now || deadline.is_some_and(|d| ready >= d)
+                        });
                         let pending = runner.next_message(device);
                         runner.published += 1;
-                        runner.publish(&js, pending).await?;
+                        // ... and before the in-flight limit would stop it with nothing
+                        // in flight to wait for.
+                        let confirm = idle_next
+                            || runner.published % CONFIRM_EVERY == 1
+                            || runner.outstanding() + 1 >= opts.max_in_flight;
+                        runner.publish(&js, pending, confirm).await?;
                         continue;
                     }
                     wake = wake.min(ready);
@@ -367,6 +404,11 @@ struct Pending {
     values: [f64; 3],
     payload: Bytes,
     attempts: u32,
+    /// Fire-and-forget runs: plain messages published since the previous confirming one,
+    /// which this message's ack confirms (and its failure loses).
+    covers: u64,
+    /// Those messages, kept when `record_sent` is on (their payloads dropped).
+    covered: Vec<Pending>,
 }
 
 struct Retry {
@@ -418,6 +460,13 @@ struct Runner {
     in_flight: FuturesUnordered<AckWait>,
     retries: VecDeque<Retry>,
     record_sent: bool,
+    /// Fire-and-forget runs: the connection plain messages are published on.
+    plain: Option<async_nats::Client>,
+    /// Plain messages not yet handed to a confirming message.
+    unconfirmed: Vec<Pending>,
+    unconfirmed_count: u64,
+    /// Plain messages whose confirmation is pending (in flight or being retried).
+    awaiting_confirmation: u64,
     start: Instant,
     published: u64,
     acked: u64,
@@ -443,6 +492,10 @@ impl Runner {
             in_flight: FuturesUnordered::new(),
             retries: VecDeque::new(),
             record_sent: opts.record_sent,
+            plain: None,
+            unconfirmed: Vec::new(),
+            unconfirmed_count: 0,
+            awaiting_confirmation: 0,
             start,
             published: 0,
             acked: 0,
@@ -453,7 +506,9 @@ impl Runner {
     }
 
     fn outstanding(&self) -> usize {
-        self.in_flight.len() + self.retries.len()
+        self.in_flight.len()
+            + self.retries.len()
+            + (self.unconfirmed_count + self.awaiting_confirmation) as usize
     }
 
     fn subject(&self, device: u32) -> &str {
@@ -478,6 +533,8 @@ impl Runner {
             values: msg.values,
             payload: self.carve_payload(),
             attempts: 0,
+            covers: 0,
+            covered: Vec::new(),
         }
     }
 
@@ -492,15 +549,39 @@ impl Runner {
     /// Hands one message to the client and queues its ack. Acks that complete meanwhile are
     /// processed: the client's own in-flight limit may make the publish wait for a permit that
     /// only our completed acks release, so not polling them here could stall forever.
+    ///
+    /// In a fire-and-forget run a message that need not `confirm` is published plainly.
     async fn publish(
         &mut self,
         js: &async_nats::jetstream::Context,
         mut pending: Pending,
+        confirm: bool,
     ) -> Result<(), SimulateError> {
         pending.attempts += 1;
         let Some(subject) = self.subjects.get(pending.device as usize).cloned() else {
             return Ok(());
         };
+        if let Some(plain) = &self.plain {
+            if !confirm {
+                if let Err(err) = plain.publish(subject, pending.payload.clone()).await {
+                    // Only a closed client fails here; nothing reached the server.
+                    tracing::warn!(error = %err, "plain publish failed");
+                    self.errors += 1;
+                    return Ok(());
+                }
+                self.unconfirmed_count += 1;
+                if self.record_sent {
+                    pending.payload = Bytes::new();
+                    self.unconfirmed.push(pending);
+                }
+                return Ok(());
+            }
+            if pending.attempts == 1 {
+                pending.covers = std::mem::take(&mut self.unconfirmed_count);
+                pending.covered = std::mem::take(&mut self.unconfirmed);
+                self.awaiting_confirmation += pending.covers;
+            }
+        }
         let device_id = self
             .fleet
             .device_id(pending.device as usize)
@@ -548,8 +629,12 @@ impl Runner {
                         "first publish reported as duplicate"
                     );
                 }
-                self.acked += 1;
+                self.acked += 1 + pending.covers;
+                self.awaiting_confirmation -= pending.covers;
                 if self.record_sent {
+                    for covered in &pending.covered {
+                        self.record(covered);
+                    }
                     self.record(&pending);
                 }
                 return Ok(());
@@ -580,10 +665,12 @@ impl Runner {
             });
             return Ok(());
         }
-        self.errors += 1;
+        self.errors += 1 + pending.covers;
+        self.awaiting_confirmation -= pending.covers;
         tracing::warn!(
             subject = self.subject(pending.device),
             attempts = pending.attempts,
+            unconfirmed_before_it = pending.covers,
             error = %err,
             "giving up on a message"
         );
@@ -1093,5 +1180,137 @@ mod tests {
             report.acked,
             report.elapsed
         );
+    }
+
+    async fn telemetry_stream(
+        js: &async_nats::jetstream::Context,
+    ) -> async_nats::jetstream::stream::Stream {
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: "TELEMETRY".into(),
+            subjects: vec!["telemetry.>".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("create stream")
+    }
+
+    #[tokio::test]
+    async fn fire_and_forget_stores_every_message_once_and_confirms_them_all() {
+        let (_server, client) = NatsServer::start().await;
+        let js = async_nats::jetstream::new(client);
+        let mut stream = telemetry_stream(&js).await;
+        // 2,600 messages: not a multiple of CONFIRM_EVERY, so the run's end confirms a
+        // partial group.
+        let opts = SimulateOptions {
+            devices: 200,
+            count: Some(13),
+            interval: Duration::ZERO,
+            record_sent: true,
+            fire_and_forget: true,
+            ..SimulateOptions::default()
+        };
+        let report = run(js.clone(), &opts, |_| {}).await.expect("run");
+        assert_eq!(
+            (report.published, report.acked, report.errors),
+            (2600, 2600, 0)
+        );
+        assert_eq!(report.sent.len(), 7800);
+        assert_eq!(stream.info().await.expect("info").state.messages, 2600);
+
+        let mut with_headers = 0;
+        let mut stored = std::collections::HashSet::new();
+        for seq in 1..=2600 {
+            let msg = stream.get_raw_message(seq).await.expect("get message");
+            if !msg.headers.is_empty() {
+                with_headers += 1;
+            }
+            let doc: serde_json::Value = serde_json::from_slice(&msg.payload).expect("JSON");
+            let rm = &doc["resourceMetrics"][0];
+            let device = rm["resource"]["attributes"][1]["value"]["stringValue"]
+                .as_str()
+                .expect("device id")
+                .to_owned();
+            let time = rm["scopeMetrics"][0]["metrics"][0]["gauge"]["dataPoints"][0]
+                ["timeUnixNano"]
+                .as_str()
+                .expect("time")
+                .parse::<i64>()
+                .expect("number");
+            assert!(stored.insert((device, time)), "message {seq} stored twice");
+        }
+        // Messages 1, 1001, 2001 and the last are confirming JetStream publishes.
+        assert_eq!(
+            with_headers, 4,
+            "only confirming messages carry a Nats-Msg-Id"
+        );
+        let recorded: std::collections::HashSet<(String, i64)> = report
+            .sent
+            .iter()
+            .filter(|p| p.metric == fleet::metric_name(0))
+            .map(|p| (p.device_id.clone(), p.time_unix_nano))
+            .collect();
+        assert_eq!(
+            recorded, stored,
+            "the report records exactly what was stored"
+        );
+    }
+
+    #[tokio::test]
+    async fn fire_and_forget_with_a_small_in_flight_limit_and_a_paced_fleet_confirms_all() {
+        let (_server, client) = NatsServer::start().await;
+        let js = async_nats::jetstream::new(client);
+        let mut stream = telemetry_stream(&js).await;
+        // An in-flight limit below CONFIRM_EVERY must confirm early instead of stalling.
+        let opts = SimulateOptions {
+            devices: 50,
+            count: Some(10),
+            interval: Duration::ZERO,
+            max_in_flight: 16,
+            fire_and_forget: true,
+            ..SimulateOptions::default()
+        };
+        let report = tokio::time::timeout(Duration::from_secs(30), run(js.clone(), &opts, |_| {}))
+            .await
+            .expect("no stall")
+            .expect("run");
+        assert_eq!((report.acked, report.errors), (500, 0));
+
+        // A paced fleet with a deadline goes idle between messages: what it published by the
+        // deadline is confirmed, none left over.
+        let opts = SimulateOptions {
+            devices: 50,
+            interval: Duration::from_millis(200),
+            duration: Some(Duration::from_millis(1000)),
+            fire_and_forget: true,
+            ..SimulateOptions::default()
+        };
+        let report = run(js.clone(), &opts, |_| {}).await.expect("run");
+        assert!(report.acked >= 150, "acked {}", report.acked);
+        assert_eq!(report.errors, 0);
+        assert_eq!(report.published, report.acked);
+        assert_eq!(
+            stream.info().await.expect("info").state.messages,
+            500 + report.acked
+        );
+    }
+
+    #[tokio::test]
+    async fn fire_and_forget_without_a_stream_says_so() {
+        let (_server, client) = NatsServer::start().await;
+        let js = async_nats::jetstream::new(client);
+        let err = run(
+            js,
+            &SimulateOptions {
+                devices: 3,
+                count: Some(5),
+                interval: Duration::ZERO,
+                fire_and_forget: true,
+                ..SimulateOptions::default()
+            },
+            |_| {},
+        )
+        .await
+        .expect_err("no stream");
+        assert!(matches!(&err, SimulateError::NoStream { .. }), "{err}");
     }
 }
