@@ -292,7 +292,6 @@ async fn register_stream(
     .await?)
 }
 
-#[allow(clippy::too_many_arguments)]
 /// Where the fetch loop sends full batches, and finds the ones the writers have emptied.
 struct Outbox {
     full: mpsc::Sender<Batch>,

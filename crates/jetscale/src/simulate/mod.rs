@@ -10,8 +10,8 @@
 //! safe within the stream's duplicate window, and two runs never collide.
 //!
 //! With `fire_and_forget` most messages go out as plain NATS publishes (no headers, no ack):
-//! a publish ack and a deduplication header cost nats-server about half of what storing the
-//! message does. Every [`CONFIRM_EVERY`]th message, the first, the last and any after which
+//! a publish ack and a deduplication header cost nats-server half to all of what storing the
+//! message costs (BENCHMARKS.md, run I). Every [`CONFIRM_EVERY`]th message, the first, the last and any after which
 //! the fleet falls idle are still JetStream publishes whose ack confirms, by the connection's
 //! ordering, the plain ones before it; a plain message is never retried, so never duplicated,
 //! and one lost with a connection is counted as an error when its confirmation fails.
