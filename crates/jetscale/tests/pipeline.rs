@@ -59,6 +59,42 @@ async fn simulated_fleet_lands_exactly_once_value_for_value() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fire_and_forget_fleet_lands_exactly_once_too() {
+    let nats = common::nats().await;
+    let db_url = common::fresh_database("fire_and_forget").await;
+    let settings = common::settings(&nats.server.url(), &db_url);
+    common::provision_stream(&settings).await;
+
+    // 2,600 messages: two full groups of plain publishes, then a partial one confirmed when
+    // the run ends; most carry no Nats-Msg-Id, so nothing but the collector stands between
+    // them and a duplicate row.
+    let sent = common::simulate_with(
+        &nats.server.url(),
+        jetscale::simulate::SimulateOptions {
+            devices: 200,
+            count: Some(13),
+            interval: Duration::ZERO,
+            fire_and_forget: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!((sent.acked, sent.errors), (2600, 0));
+    let report = common::collect_until_idle(&settings).await;
+    assert_eq!((report.messages, report.rows), (2600, 7800));
+
+    let db = common::db(&db_url).await;
+    let mut stored = common::stored_points(&db, "iot_metrics").await;
+    let mut expected = common::sent_points(&sent);
+    stored.sort();
+    expected.sort();
+    assert_eq!(
+        stored, expected,
+        "every value stored bit for bit, none twice"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_sql_runs_verbatim_and_the_hourly_rollup_matches_raw_data() {
     let nats = common::nats().await;
     let db_url = common::fresh_database("seedsql").await;

@@ -121,14 +121,28 @@ pub async fn collect_until_idle(settings: &Settings) -> jetscale::pipeline::RunR
 
 /// Publishes `devices × count` simulated messages and returns the report with every point.
 pub async fn simulate(nats_url: &str, devices: u32, count: u64) -> jetscale::simulate::Report {
+    simulate_with(
+        nats_url,
+        jetscale::simulate::SimulateOptions {
+            devices,
+            count: Some(count),
+            interval: Duration::ZERO,
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+/// Runs the simulator with `options`, recording every point it reports stored.
+pub async fn simulate_with(
+    nats_url: &str,
+    options: jetscale::simulate::SimulateOptions,
+) -> jetscale::simulate::Report {
     let client = async_nats::connect(nats_url).await.expect("connect nats");
     let js = async_nats::jetstream::new(client);
     let options = jetscale::simulate::SimulateOptions {
-        devices,
-        count: Some(count),
-        interval: Duration::ZERO,
         record_sent: true,
-        ..Default::default()
+        ..options
     };
     jetscale::simulate::run(js, &options, |_| {})
         .await
