@@ -603,7 +603,7 @@ async fn bare_drain(
         .await?;
     let mut messages = consumer
         .stream()
-        .max_messages_per_batch(1000)
+        .max_messages_per_batch(jetscale::config::settings::DEFAULT_FETCH_BATCH)
         .messages()
         .await?;
     let started = Instant::now();
@@ -740,7 +740,7 @@ async fn publish_and_consume(
         .await?;
     let mut messages = consumer
         .stream()
-        .max_messages_per_batch(1000)
+        .max_messages_per_batch(jetscale::config::settings::DEFAULT_FETCH_BATCH)
         .messages()
         .await?;
     let started = Instant::now();

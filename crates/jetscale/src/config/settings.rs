@@ -85,6 +85,12 @@ pub struct ConsumerSettings {
     pub ack_policy: AckPolicy,
 }
 
+/// Messages per pull request. The client asks for the next pull when half of one is left, so
+/// up to one and a half are buffered. 3,000 drained a backlog 11 % faster on average than
+/// 1,000, and won each of 5 alternating runs (BENCHMARKS.md, run I). Live at 50k msg/s, p99
+/// publish-to-commit latency was 262 ms against 1,763 ms, for the same peak RSS.
+pub const DEFAULT_FETCH_BATCH: usize = 3000;
+
 /// How the collector acknowledges committed deliveries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AckPolicy {
@@ -330,7 +336,7 @@ pub fn resolve(file: &ConfigFile, overrides: &Overrides) -> Result<Settings, Con
         ack_wait: js.ack_wait.map_or(Duration::from_secs(60), |d| d.0),
         max_ack_pending: js.max_ack_pending.unwrap_or(50_000),
         max_deliver: js.max_deliver.unwrap_or(-1),
-        fetch_batch: js.fetch_batch.unwrap_or(1000).clamp(1, 10_000),
+        fetch_batch: js.fetch_batch.unwrap_or(DEFAULT_FETCH_BATCH).clamp(1, 10_000),
         ack_policy: match js.ack_policy.as_deref().unwrap_or("explicit") {
             "explicit" => AckPolicy::Explicit,
             "all" => AckPolicy::All,
