@@ -94,24 +94,27 @@ fn jetscale_binary() -> Result<PathBuf> {
     }
 }
 
-/// CPU time (user + system) a process has used so far, in seconds, from /proc.
-fn cpu_secs(pid: u32) -> Option<f64> {
+/// The fields of `/proc/<pid>/stat` after the command name (from the state on), which is in
+/// parentheses and may hold spaces.
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is in parentheses and may hold spaces: count fields after it.
     let after_name = &stat[stat.rfind(')')? + 1..];
-    let mut fields = after_name.split_whitespace().skip(11);
-    let user: u64 = fields.next()?.parse().ok()?;
-    let system: u64 = fields.next()?.parse().ok()?;
-    // SAFETY: sysconf only reads a configuration value.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Some((user + system) as f64 / ticks)
+    Some(after_name.split_whitespace().map(str::to_owned).collect())
 }
 
-/// Parent pid of a process, from /proc.
-fn parent_pid(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    after_name.split_whitespace().nth(1)?.parse().ok()
+/// Parent pid and CPU time (user + system, in seconds) from a process's stat fields.
+fn parent_and_cpu(fields: &[String]) -> Option<(u32, f64)> {
+    let parent = fields.get(1)?.parse().ok()?;
+    let user: u64 = fields.get(11)?.parse().ok()?;
+    let system: u64 = fields.get(12)?.parse().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some((parent, (user + system) as f64 / ticks))
+}
+
+/// CPU time (user + system) a process has used so far, in seconds, from /proc.
+fn cpu_secs(pid: u32) -> Option<f64> {
+    parent_and_cpu(&stat_fields(pid)?).map(|(_, cpu)| cpu)
 }
 
 /// CPU seconds of a process and its live children (a PostgreSQL postmaster's backends).
@@ -121,8 +124,9 @@ fn tree_cpu_secs(root: u32) -> f64 {
         .flatten()
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| parent_pid(pid) == Some(root))
-        .filter_map(cpu_secs)
+        .filter_map(|pid| parent_and_cpu(&stat_fields(pid)?))
+        .filter(|&(parent, _)| parent == root)
+        .map(|(_, cpu)| cpu)
         .sum();
     cpu_secs(root).unwrap_or(0.0) + children
 }

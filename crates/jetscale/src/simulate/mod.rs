@@ -1017,14 +1017,7 @@ mod tests {
     async fn publishes_to_a_real_server() {
         let (server, client) = NatsServer::start().await;
         let js = async_nats::jetstream::new(client);
-        let stream = js
-            .create_stream(async_nats::jetstream::stream::Config {
-                name: "TELEMETRY".into(),
-                subjects: vec!["telemetry.>".into()],
-                ..Default::default()
-            })
-            .await
-            .expect("create stream");
+        let stream = telemetry_stream(&js).await;
 
         let opts = SimulateOptions {
             devices: 200,
@@ -1141,13 +1134,7 @@ mod tests {
     async fn interval_and_duration_pace_the_fleet() {
         let (_server, client) = NatsServer::start().await;
         let js = async_nats::jetstream::new(client);
-        js.create_stream(async_nats::jetstream::stream::Config {
-            name: "TELEMETRY".into(),
-            subjects: vec!["telemetry.>".into()],
-            ..Default::default()
-        })
-        .await
-        .expect("create stream");
+        telemetry_stream(&js).await;
         // 50 devices every 500 ms = 100 msg/s for 1.2 s: exactly 120 messages are due before
         // the deadline (two rounds, then devices 0..20 of the third, due at 1000..1190 ms). A
         // loaded machine may start the last few too late, never more.
