@@ -6,7 +6,13 @@
 //! batch's transaction (see `writer.rs`), and only committed ids enter the cache.
 
 use std::sync::Mutex;
-use xxhash_rust::xxh3::Xxh3;
+use xxhash_rust::xxh3::{xxh3_128, Xxh3};
+
+/// Bytes of each field's length prefix in a series identity.
+const LEN_PREFIX: usize = 8;
+
+/// Identities up to this size (five length prefixes and the text) are hashed in one call.
+const INLINE_IDENTITY: usize = 512;
 
 /// A series' identity hash, stored as the series table's `series_key uuid`. The hash is
 /// XXH3-128, whose output is fixed by its specification, so keys written by one version of
@@ -16,6 +22,11 @@ pub struct SeriesKey(pub [u64; 2]);
 
 impl SeriesKey {
     /// Hashes the fields with their lengths, so `("ab", "c")` and `("a", "bc")` differ.
+    ///
+    /// Called once per point: an identity that fits [`INLINE_IDENTITY`] bytes (nearly all) is
+    /// laid out on the stack and hashed in one call, which gives the same digest as feeding
+    /// the streaming hasher the same bytes at a fraction of its cost (its state is a 600-byte
+    /// struct buffered in 256-byte stripes).
     pub fn of(
         device_id: &str,
         location: &str,
@@ -23,12 +34,26 @@ impl SeriesKey {
         unit: &str,
         attributes: &str,
     ) -> Self {
-        let mut h = Xxh3::new();
-        for field in [device_id, location, metric_name, unit, attributes] {
-            h.update(&(field.len() as u64).to_le_bytes());
-            h.update(field.as_bytes());
-        }
-        let v = h.digest128();
+        let fields = [device_id, location, metric_name, unit, attributes];
+        let identity_len: usize = fields.iter().map(|f| LEN_PREFIX + f.len()).sum();
+        let v = if identity_len <= INLINE_IDENTITY {
+            let mut identity = [0u8; INLINE_IDENTITY];
+            let mut at = 0;
+            for field in fields {
+                identity[at..at + LEN_PREFIX].copy_from_slice(&(field.len() as u64).to_le_bytes());
+                at += LEN_PREFIX;
+                identity[at..at + field.len()].copy_from_slice(field.as_bytes());
+                at += field.len();
+            }
+            xxh3_128(&identity[..at])
+        } else {
+            let mut h = Xxh3::new();
+            for field in fields {
+                h.update(&(field.len() as u64).to_le_bytes());
+                h.update(field.as_bytes());
+            }
+            h.digest128()
+        };
         SeriesKey([(v >> 64) as u64, v as u64])
     }
 
@@ -45,15 +70,17 @@ impl SeriesKey {
 
     /// The key as PostgreSQL's `uuid` text form.
     pub fn uuid_text(&self) -> String {
-        let hex = format!("{:016x}{:016x}", self.0[0], self.0[1]);
-        format!(
-            "{}-{}-{}-{}-{}",
-            &hex[0..8],
-            &hex[8..12],
-            &hex[12..16],
-            &hex[16..20],
-            &hex[20..32]
-        )
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let value = (u128::from(self.0[0]) << 64) | u128::from(self.0[1]);
+        let mut text = String::with_capacity(36);
+        for i in 0..32 {
+            if matches!(i, 8 | 12 | 16 | 20) {
+                text.push('-');
+            }
+            let nibble = (value >> (124 - 4 * i)) & 0xf;
+            text.push(char::from(HEX[nibble as usize]));
+        }
+        text
     }
 }
 
@@ -487,6 +514,37 @@ mod tests {
             SeriesKey::of("", "", "", "", "").0,
             [(v >> 64) as u64, v as u64]
         );
+    }
+
+    #[test]
+    fn one_shot_and_streaming_hashes_agree_on_both_sides_of_the_inline_size() {
+        let streamed = |fields: [&str; 5]| {
+            let mut h = Xxh3::new();
+            for field in fields {
+                h.update(&(field.len() as u64).to_le_bytes());
+                h.update(field.as_bytes());
+            }
+            let v = h.digest128();
+            SeriesKey([(v >> 64) as u64, v as u64])
+        };
+        let fixed = 5 * LEN_PREFIX + "dev-1".len() + "site".len() + "m".len() + "u".len();
+        for attributes_len in [
+            0,
+            1,
+            100,
+            INLINE_IDENTITY - fixed - 1,
+            INLINE_IDENTITY - fixed,
+            INLINE_IDENTITY - fixed + 1,
+            2000,
+        ] {
+            let attributes = "x".repeat(attributes_len);
+            let fields = ["dev-1", "site", "m", "u", attributes.as_str()];
+            assert_eq!(
+                SeriesKey::of(fields[0], fields[1], fields[2], fields[3], fields[4]),
+                streamed(fields),
+                "attributes of {attributes_len} bytes"
+            );
+        }
     }
 
     #[test]
