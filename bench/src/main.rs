@@ -236,16 +236,42 @@ async fn main() -> Result<()> {
     );
     results.insert("publish_msgs_per_s".into(), json!(publish_rate));
 
+    let servers = ServerPids {
+        nats_server: nats.pid(),
+        postmaster: pg.pid(),
+    };
+    let scratch_messages = args.messages.min(500_000);
     let unacked = publish_fire_and_forget(
         &s,
         &js,
         &stream.cached_info().config,
-        args.messages.min(500_000),
+        scratch_messages,
         args.publishers,
+        &servers,
     )
     .await?;
-    eprintln!("bench: simulator with --fire-and-forget {unacked:.0} msg/s");
-    results.insert("publish_fire_and_forget_msgs_per_s".into(), json!(unacked));
+    eprintln!(
+        "bench: simulator with --fire-and-forget {:.0} msg/s",
+        unacked.rate
+    );
+    results.insert(
+        "publish_fire_and_forget_msgs_per_s".into(),
+        json!(unacked.rate),
+    );
+    // Its CPU per message says what rate it could reach with a core to itself, whatever
+    // limits nats-server's storing.
+    eprintln!(
+        "bench: CPU per message while publishing: simulator {:.2} µs, nats-server {:.2} µs",
+        unacked.simulator_cpu_us, unacked.nats_server_cpu_us
+    );
+    results.insert(
+        "simulator_cpu_us_per_message".into(),
+        json!(unacked.simulator_cpu_us),
+    );
+    results.insert(
+        "publish_nats_server_cpu_us_per_message".into(),
+        json!(unacked.nats_server_cpu_us),
+    );
 
     let bare = bare_drain(&stream, "bare", total).await?;
     eprintln!("bench: bare fetch-and-ack drain {:.0} msg/s", bare);
@@ -253,10 +279,6 @@ async fn main() -> Result<()> {
 
     // 3. jetscale drain.
     let drain_db = pg.create_database("drain").await?;
-    let servers = ServerPids {
-        nats_server: nats.pid(),
-        postmaster: pg.pid(),
-    };
     let (drain_secs, rss_kib, drain_cpu) = jetscale_drain(
         &nats.url(),
         &drain_db,
@@ -400,7 +422,14 @@ async fn main() -> Result<()> {
     row("publish alone (msg/s)", format!("{publish_rate:.0}"));
     row(
         "publish alone, fire-and-forget (msg/s)",
-        format!("{unacked:.0}"),
+        format!("{:.0}", unacked.rate),
+    );
+    row(
+        "f-a-f publish CPU/msg: simulator, NATS (µs)",
+        format!(
+            "{:.2} {:.2}",
+            unacked.simulator_cpu_us, unacked.nats_server_cpu_us
+        ),
     );
     row("publish + consume at once (msg/s)", format!("{both:.0}"));
     row("jetscale drain (points/s)", format!("{drain_points:.0}"));
@@ -840,21 +869,32 @@ async fn prefill(s: &Settings, messages: u64, publishers: u32) -> Result<u64> {
     publish_fleet(s, messages, publishers, SimulateOptions::default()).await
 }
 
+/// What one run of the fire-and-forget simulator into a scratch stream measured.
+struct ScratchPublish {
+    /// Messages confirmed stored per second.
+    rate: f64,
+    /// CPU per message of this process (the simulator runs in it) and of nats-server.
+    simulator_cpu_us: f64,
+    nats_server_cpu_us: f64,
+}
+
 /// The simulator's best rate: `jetscale simulate --fire-and-forget` into a scratch stream
 /// configured `like` the telemetry stream (so the drain's stream is left as it is), split
-/// over `publishers` connections; msg/s of messages confirmed stored.
+/// over `publishers` connections.
 async fn publish_fire_and_forget(
     s: &Settings,
     js: &async_nats::jetstream::Context,
     like: &async_nats::jetstream::stream::Config,
     messages: u64,
     publishers: u32,
-) -> Result<f64> {
+    servers: &ServerPids,
+) -> Result<ScratchPublish> {
     let mut config = like.clone();
     config.name = "SCRATCH".into();
     config.subjects = vec!["scratch.>".into()];
     let _ = js.delete_stream("SCRATCH").await;
     js.create_stream(config).await?;
+    let cpu_before = (cpu_secs(std::process::id()), servers.cpu().0);
     let started = Instant::now();
     let stored = publish_fleet(
         s,
@@ -867,9 +907,15 @@ async fn publish_fire_and_forget(
         },
     )
     .await?;
-    let rate = stored as f64 / started.elapsed().as_secs_f64();
+    let secs = started.elapsed().as_secs_f64();
+    let cpu_after = (cpu_secs(std::process::id()), servers.cpu().0);
     js.delete_stream("SCRATCH").await?;
-    Ok(rate)
+    let per_message_us = |cpu: f64| cpu * 1e6 / stored.max(1) as f64;
+    Ok(ScratchPublish {
+        rate: stored as f64 / secs,
+        simulator_cpu_us: per_message_us(cpu_after.0.unwrap_or(0.0) - cpu_before.0.unwrap_or(0.0)),
+        nats_server_cpu_us: per_message_us(cpu_after.1 - cpu_before.1),
+    })
 }
 
 /// Publishes about `messages` messages from `publishers` simulators configured like `base`,
