@@ -51,6 +51,12 @@ struct Args {
     /// Seconds per live-capacity step.
     #[arg(long, default_value_t = 20)]
     live_seconds: u64,
+    /// Live steps publish with `--fire-and-forget` (plain publishes confirmed in groups)
+    /// instead of awaiting each publish ack as devices do: nats-server's work on publish acks
+    /// then no longer competes with the collector for the cores, which isolates the collector's
+    /// capacity when acked publishing cannot reach the rate.
+    #[arg(long)]
+    live_fire_and_forget: bool,
     /// Config file for the drained collector (to compare settings); default: built-in defaults.
     #[arg(long)]
     collector_config: Option<PathBuf>,
@@ -364,6 +370,7 @@ async fn main() -> Result<()> {
                 rate,
                 Duration::from_secs(args.live_seconds),
                 collector_config.as_deref(),
+                args.live_fire_and_forget,
             )
             .await?;
             eprintln!(
@@ -384,6 +391,10 @@ async fn main() -> Result<()> {
             }
         }
         results.insert("live_steps".into(), json!(steps));
+        results.insert(
+            "live_fire_and_forget".into(),
+            json!(args.live_fire_and_forget),
+        );
         results.insert("live_capacity_devices_at_10s".into(), json!(best * 10));
     }
 
@@ -968,6 +979,7 @@ async fn live_step(
     rate: u64,
     length: Duration,
     config: Option<&Path>,
+    fire_and_forget: bool,
 ) -> Result<LiveStep> {
     let s = settings(&nats.url(), db_url)?;
     let client = jetscale::stream::connect(&s.nats, "bench-live").await?;
@@ -1042,6 +1054,7 @@ async fn live_step(
             interval: Duration::from_secs(10),
             seed: rate,
             max_in_flight: LIVE_MAX_IN_FLIGHT,
+            fire_and_forget,
             ..Default::default()
         },
         |_| {},
