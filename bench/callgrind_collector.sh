@@ -26,10 +26,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Prints the instructions one drain of 2,000 devices x $1 messages took.
+# Sets `instructions` to what one drain of 2,000 devices x $1 messages took. Run in this shell,
+# not a command substitution, so the nats-server it starts is the one cleanup stops.
 drain_instructions() {
   local per_device=$1 db=jetscale_callgrind_$1
-  [ -n "$nats_pid" ] && kill "$nats_pid" && wait "$nats_pid" 2>/dev/null || true
+  if [ -n "$nats_pid" ]; then kill "$nats_pid"; wait "$nats_pid" 2>/dev/null || true; fi
   rm -rf "$work/nats" && mkdir -p "$work/nats"
   nats-server -a 127.0.0.1 -p "$port" -js -sd "$work/nats" >"$work/nats.log" 2>&1 &
   nats_pid=$!
@@ -44,11 +45,15 @@ drain_instructions() {
   local rows
   rows=$(psql -At "${pg_url%/*}/$db" -c "SELECT count(*) FROM iot_metrics")
   [ "$rows" -eq $((2000 * per_device * 3)) ] || { echo "callgrind_collector: expected $((2000 * per_device * 3)) rows, found $rows" >&2; exit 1; }
-  callgrind_annotate "$work/cg.$per_device" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}'
+  # awk reads to the end: quitting early would fail callgrind_annotate with SIGPIPE (pipefail).
+  instructions=$(callgrind_annotate "$work/cg.$per_device" 2>/dev/null \
+    | awk '/PROGRAM TOTALS/ && !found {gsub(",", "", $1); print $1; found = 1}')
 }
 
-small=$(drain_instructions 10)
-large=$(drain_instructions 30)
+drain_instructions 10
+small=$instructions
+drain_instructions 30
+large=$instructions
 per_message=$(( (large - small) / 40000 ))
 echo "collector: $per_message instructions per message (drains of 20,000 and 60,000 messages: $small and $large)"
 if [ -n "${KEEP_PROFILES:-}" ]; then
