@@ -266,16 +266,18 @@ async fn main() -> Result<()> {
     );
     // Its CPU per message says what rate it could reach with a core to itself, whatever
     // limits nats-server's storing.
+    let micros = |v: Option<f64>| v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.2}"));
     eprintln!(
-        "bench: CPU per message while publishing: simulator {:.2} µs, nats-server {:.2} µs",
-        unacked.simulator_cpu_us, unacked.nats_server_cpu_us
+        "bench: CPU per message while publishing fire-and-forget: simulator {} µs, nats-server {} µs",
+        micros(unacked.simulator_cpu_us),
+        micros(unacked.nats_server_cpu_us)
     );
     results.insert(
-        "simulator_cpu_us_per_message".into(),
+        "publish_fire_and_forget_simulator_cpu_us_per_message".into(),
         json!(unacked.simulator_cpu_us),
     );
     results.insert(
-        "publish_nats_server_cpu_us_per_message".into(),
+        "publish_fire_and_forget_nats_server_cpu_us_per_message".into(),
         json!(unacked.nats_server_cpu_us),
     );
 
@@ -438,8 +440,9 @@ async fn main() -> Result<()> {
     row(
         "f-a-f publish CPU/msg: simulator, NATS (µs)",
         format!(
-            "{:.2} {:.2}",
-            unacked.simulator_cpu_us, unacked.nats_server_cpu_us
+            "{} {}",
+            micros(unacked.simulator_cpu_us),
+            micros(unacked.nats_server_cpu_us)
         ),
     );
     row("publish + consume at once (msg/s)", format!("{both:.0}"));
@@ -478,7 +481,12 @@ async fn main() -> Result<()> {
         row("drain / naive", format!("{:.2}", drain_points / n));
     }
     if let Some(d) = results.get("live_capacity_devices_at_10s") {
-        row("live capacity (devices at 10 s)", d.to_string());
+        let name = if args.live_fire_and_forget {
+            "live capacity, f-a-f publishing (devices)"
+        } else {
+            "live capacity (devices at 10 s)"
+        };
+        row(name, d.to_string());
     }
     println!("results: {}", out.display());
     println!("drain / lower ceiling = {ratio:.2}");
@@ -884,10 +892,15 @@ async fn prefill(s: &Settings, messages: u64, publishers: u32) -> Result<u64> {
 struct ScratchPublish {
     /// Messages confirmed stored per second.
     rate: f64,
-    /// CPU per message of this process (the simulator runs in it) and of nats-server.
-    simulator_cpu_us: f64,
-    nats_server_cpu_us: f64,
+    /// CPU per message of this process (the simulator runs in it) and of nats-server; `None`
+    /// when a process's `/proc` figures could not be read, or the run was too short for the
+    /// kernel's 10 ms CPU ticks to say anything per message.
+    simulator_cpu_us: Option<f64>,
+    nats_server_cpu_us: Option<f64>,
 }
+
+/// Fewer messages than this and a per-message CPU figure is mostly tick rounding.
+const MIN_MESSAGES_FOR_CPU: u64 = 100_000;
 
 /// The simulator's best rate: `jetscale simulate --fire-and-forget` into a scratch stream
 /// configured `like` the telemetry stream (so the drain's stream is left as it is), split
@@ -905,7 +918,10 @@ async fn publish_fire_and_forget(
     config.subjects = vec!["scratch.>".into()];
     let _ = js.delete_stream("SCRATCH").await;
     js.create_stream(config).await?;
-    let cpu_before = (cpu_secs(std::process::id()), servers.cpu().0);
+    // Read nats-server's figure alone: `servers.cpu()` also scans /proc for PostgreSQL's
+    // backends, which would charge that scan to the simulator.
+    let nats_server_cpu = || servers.nats_server.and_then(cpu_secs);
+    let cpu_before = (cpu_secs(std::process::id()), nats_server_cpu());
     let started = Instant::now();
     let stored = publish_fleet(
         s,
@@ -919,13 +935,16 @@ async fn publish_fire_and_forget(
     )
     .await?;
     let secs = started.elapsed().as_secs_f64();
-    let cpu_after = (cpu_secs(std::process::id()), servers.cpu().0);
+    let cpu_after = (cpu_secs(std::process::id()), nats_server_cpu());
     js.delete_stream("SCRATCH").await?;
-    let per_message_us = |cpu: f64| cpu * 1e6 / stored.max(1) as f64;
+    let per_message_us = |before: Option<f64>, after: Option<f64>| {
+        let spent = after? - before?;
+        (stored >= MIN_MESSAGES_FOR_CPU).then(|| spent * 1e6 / stored as f64)
+    };
     Ok(ScratchPublish {
         rate: stored as f64 / secs,
-        simulator_cpu_us: per_message_us(cpu_after.0.unwrap_or(0.0) - cpu_before.0.unwrap_or(0.0)),
-        nats_server_cpu_us: per_message_us(cpu_after.1 - cpu_before.1),
+        simulator_cpu_us: per_message_us(cpu_before.0, cpu_after.0),
+        nats_server_cpu_us: per_message_us(cpu_before.1, cpu_after.1),
     })
 }
 
