@@ -246,12 +246,11 @@ async fn main() -> Result<()> {
         nats_server: nats.pid(),
         postmaster: pg.pid(),
     };
-    let scratch_messages = args.messages.min(500_000);
     let unacked = publish_fire_and_forget(
         &s,
         &js,
         &stream.cached_info().config,
-        scratch_messages,
+        args.messages.min(500_000),
         args.publishers,
         &servers,
     )
