@@ -18,11 +18,11 @@ use futures::StreamExt;
 use jetscale::config::{self, Encoding, Limits, MetricsLayout, Overrides, Settings};
 use jetscale::decode::{DecodeContext, Incoming};
 use jetscale::dev::{NatsServer, NatsServerOptions, PostgresCluster, PostgresOptions};
-use jetscale::process::batch::{Batch, Delivery};
-use jetscale::process::Table;
+use jetscale::exporters::postgres::batch::Table;
+use jetscale::exporters::postgres::batch::{Batch, Delivery};
+use jetscale::exporters::postgres::series::SeriesCache;
+use jetscale::exporters::postgres::{self, schema};
 use jetscale::simulate::{self, fleet::Fleet, SimulateOptions};
-use jetscale::store::series::SeriesCache;
-use jetscale::store::{self, schema};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -230,9 +230,9 @@ async fn main() -> Result<()> {
 
     // 2. Stream: pre-fill, then a bare consumer.
     let s = settings(&nats.url(), &ceiling_db)?;
-    let client = jetscale::stream::connect(&s.nats, "bench").await?;
+    let client = jetscale::receivers::nats::connect(&s.nats, "bench").await?;
     let js = async_nats::jetstream::new(client.clone());
-    let (_, stream) = jetscale::stream::ensure_stream(&js, &s.stream).await?;
+    let (_, stream) = jetscale::receivers::nats::ensure_stream(&js, &s.stream).await?;
     let started = Instant::now();
     let total = prefill(&s, args.messages, args.publishers).await?;
     let publish_rate = total as f64 / started.elapsed().as_secs_f64();
@@ -521,10 +521,10 @@ async fn database_ceiling(
             jetscale::config::settings::DEFAULT_SERIES_CACHE,
         ))
     });
-    let mut client = store::connect(&s.store).await?;
+    let mut client = postgres::connect(&s.store).await?;
     schema::migrate(&mut client, &s.store).await?;
     let names = schema::Names::new(&s.store);
-    store::maintenance::partitions_ahead(&client, &names, &s.store, Duration::from_secs(3600))
+    postgres::maintenance::partitions_ahead(&client, &names, &s.store, Duration::from_secs(3600))
         .await?;
     let limits = Limits::default();
     let ctx = DecodeContext::now(&limits, &[], Encoding::Auto);
@@ -573,9 +573,9 @@ async fn database_ceiling(
         let mut rows = b.buffer(Table::Metrics).to_vec();
         if !b.series_patches.is_empty() {
             let tx = client.transaction().await?;
-            let resolved = store::writer::resolve_series(&tx, &names, b).await?;
+            let resolved = postgres::writer::resolve_series(&tx, &names, b).await?;
             tx.commit().await?;
-            store::writer::patch_series_ids(&mut rows, &b.series_patches, &resolved.ids)?;
+            postgres::writer::patch_series_ids(&mut rows, &b.series_patches, &resolved.ids)?;
         }
         encoded.push(rows);
     }
@@ -593,7 +593,7 @@ async fn database_ceiling(
         client.batch_execute(&format!("TRUNCATE {table}")).await?;
         let mut clients = Vec::new();
         for _ in 0..connections {
-            clients.push(store::connect(&s.store).await?);
+            clients.push(postgres::connect(&s.store).await?);
         }
         let chunks: Vec<Vec<Vec<u8>>> = (0..connections)
             .map(|c| {
@@ -615,10 +615,10 @@ async fn database_ceiling(
                     let sink = tx.copy_in(sql.as_str()).await?;
                     futures::pin_mut!(sink);
                     use futures::SinkExt;
-                    sink.feed(bytes::Bytes::from_static(store::copy::HEADER))
+                    sink.feed(bytes::Bytes::from_static(postgres::copy::HEADER))
                         .await?;
                     sink.feed(bytes::Bytes::from(rows)).await?;
-                    sink.feed(bytes::Bytes::from_static(store::copy::TRAILER))
+                    sink.feed(bytes::Bytes::from_static(postgres::copy::TRAILER))
                         .await?;
                     sink.finish().await?;
                     tx.commit().await?;
@@ -674,11 +674,11 @@ async fn bare_drain(
 /// collector's maintenance does once a partition has closed.
 async fn index_on_close(nats_url: &str, db_url: &str) -> Result<f64> {
     let s = settings(nats_url, db_url)?;
-    let client = store::connect(&s.store).await?;
+    let client = postgres::connect(&s.store).await?;
     let names = schema::Names::new(&s.store);
     let started = Instant::now();
     let far_future = std::time::SystemTime::now() + Duration::from_secs(10 * 365 * 86_400);
-    store::maintenance::index_closed_partitions(&client, &names, far_future, i32::MAX).await?;
+    postgres::maintenance::index_closed_partitions(&client, &names, far_future, i32::MAX).await?;
     Ok(started.elapsed().as_secs_f64())
 }
 
@@ -961,7 +961,8 @@ async fn publish_fleet(
     let per_device = messages.div_ceil(u64::from(devices) * u64::from(publishers));
     let mut tasks = Vec::new();
     for p in 0..publishers {
-        let client = jetscale::stream::connect(&s.nats, &format!("bench-publisher-{p}")).await?;
+        let client =
+            jetscale::receivers::nats::connect(&s.nats, &format!("bench-publisher-{p}")).await?;
         let js = async_nats::jetstream::new(client);
         let opts = SimulateOptions {
             devices,
@@ -1000,7 +1001,7 @@ async fn live_step(
     fire_and_forget: bool,
 ) -> Result<LiveStep> {
     let s = settings(&nats.url(), db_url)?;
-    let client = jetscale::stream::connect(&s.nats, "bench-live").await?;
+    let client = jetscale::receivers::nats::connect(&s.nats, "bench-live").await?;
     // The load generator must not be what limits the step: with the machine saturated a
     // publish ack can take over 100 ms, and 4,096 acks in flight then cap publishing near
     // 40k msg/s whatever the pipeline does.

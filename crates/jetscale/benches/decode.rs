@@ -5,7 +5,7 @@
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use jetscale::config::{Encoding, Limits};
 use jetscale::decode::{self, DecodeContext, Incoming, RecordSink, Rejection};
-use jetscale::process::batch::{Batch, Delivery};
+use jetscale::exporters::postgres::batch::{Batch, Delivery};
 use jetscale::simulate::{fleet::Fleet, SimulateOptions};
 use jetscale_model::{DistributionPoint, LogRecord, MetricPoint, SpanRecord};
 

@@ -4,7 +4,7 @@
 //! `cargo bench -p jetscale --bench series_cache`
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use jetscale::store::series::{SeriesCache, SeriesKey};
+use jetscale::exporters::postgres::series::{SeriesCache, SeriesKey};
 
 fn keys(n: u64) -> Vec<SeriesKey> {
     (0..n)

@@ -515,14 +515,14 @@ impl Rig {
             },
         )
         .expect("collector config");
-        let client = jetscale::stream::connect(&settings.nats, "faults-setup")
+        let client = jetscale::receivers::nats::connect(&settings.nats, "faults-setup")
             .await
             .expect("connect to nats");
         let js = jetstream::new(client);
-        let (_, stream) = jetscale::stream::ensure_stream(&js, &settings.stream)
+        let (_, stream) = jetscale::receivers::nats::ensure_stream(&js, &settings.stream)
             .await
             .expect("stream");
-        jetscale::stream::ensure_consumer(&stream, &settings.consumer)
+        jetscale::receivers::nats::ensure_consumer(&stream, &settings.consumer)
             .await
             .expect("consumer");
         Rig {
@@ -572,7 +572,7 @@ impl Rig {
     }
 
     async fn js(&self) -> jetstream::Context {
-        let client = jetscale::stream::connect(&self.settings.nats, "faults-check")
+        let client = jetscale::receivers::nats::connect(&self.settings.nats, "faults-check")
             .await
             .expect("connect to nats");
         jetstream::new(client)

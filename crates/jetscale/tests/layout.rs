@@ -5,7 +5,7 @@
 mod common;
 
 use jetscale::config::MetricsLayout;
-use jetscale::store::query::SEED_ANOMALY_SQL;
+use jetscale::exporters::postgres::query::SEED_ANOMALY_SQL;
 
 async fn relkind(db: &tokio_postgres::Client, relation: &str) -> Option<String> {
     db.query_opt(
@@ -102,12 +102,17 @@ async fn points_partitions_are_indexed_once_they_have_closed() {
         "no index on the parent"
     );
     // What the collector's maintenance does every round, until nothing is left to do.
-    let names = jetscale::store::schema::Names::new(&settings.store);
-    let closed_before =
-        std::time::SystemTime::now() - jetscale::store::maintenance::INDEX_AFTER_CLOSE;
-    while jetscale::store::maintenance::index_closed_partitions(&db, &names, closed_before, 1)
-        .await
-        .unwrap()
+    let names = jetscale::exporters::postgres::schema::Names::new(&settings.store);
+    let closed_before = std::time::SystemTime::now()
+        - jetscale::exporters::postgres::maintenance::INDEX_AFTER_CLOSE;
+    while jetscale::exporters::postgres::maintenance::index_closed_partitions(
+        &db,
+        &names,
+        closed_before,
+        1,
+    )
+    .await
+    .unwrap()
         > 0
     {}
 
@@ -130,9 +135,14 @@ async fn points_partitions_are_indexed_once_they_have_closed() {
     );
     // Built once: another round finds nothing to do.
     assert_eq!(
-        jetscale::store::maintenance::index_closed_partitions(&db, &names, closed_before, 10)
-            .await
-            .unwrap(),
+        jetscale::exporters::postgres::maintenance::index_closed_partitions(
+            &db,
+            &names,
+            closed_before,
+            10
+        )
+        .await
+        .unwrap(),
         0
     );
 
@@ -166,14 +176,14 @@ async fn points_partitions_are_indexed_once_they_have_closed() {
     let mut on = settings.clone();
     on.store.index_open_partitions = true;
     let mut admin = common::db(&db_url).await;
-    jetscale::store::schema::migrate(&mut admin, &on.store)
+    jetscale::exporters::postgres::schema::migrate(&mut admin, &on.store)
         .await
         .unwrap();
     assert_eq!(index_defs(&db, "iot_metrics_points").await.len(), 1);
     for (partition, defs) in partitions_with_rows(&db).await {
         assert_eq!(defs.len(), 1, "{partition}: {defs:?}");
     }
-    let report = jetscale::store::schema::migrate(&mut admin, &settings.store)
+    let report = jetscale::exporters::postgres::schema::migrate(&mut admin, &settings.store)
         .await
         .unwrap();
     assert!(
@@ -354,22 +364,22 @@ async fn one_layout_is_never_written_over_the_other() {
     let db_url = common::fresh_database("switch").await;
     let mut settings = common::settings("nats://127.0.0.1:1", &db_url);
     let mut client = common::db(&db_url).await;
-    jetscale::store::schema::migrate(&mut client, &settings.store)
+    jetscale::exporters::postgres::schema::migrate(&mut client, &settings.store)
         .await
         .expect("series layout");
 
     settings.store.layout = MetricsLayout::Wide;
-    let refused = jetscale::store::schema::migrate(&mut client, &settings.store)
+    let refused = jetscale::exporters::postgres::schema::migrate(&mut client, &settings.store)
         .await
         .expect_err("wide over series is refused");
     assert!(refused.to_string().contains("layout: series"), "{refused}");
 
     settings.store.metrics_table = "plain_metrics".into();
-    jetscale::store::schema::migrate(&mut client, &settings.store)
+    jetscale::exporters::postgres::schema::migrate(&mut client, &settings.store)
         .await
         .expect("a wide table of another name");
     settings.store.layout = MetricsLayout::Series;
-    let refused = jetscale::store::schema::migrate(&mut client, &settings.store)
+    let refused = jetscale::exporters::postgres::schema::migrate(&mut client, &settings.store)
         .await
         .expect_err("series over wide is refused");
     assert!(refused.to_string().contains("layout: wide"), "{refused}");

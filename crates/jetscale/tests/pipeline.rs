@@ -3,7 +3,7 @@
 
 mod common;
 
-use jetscale::store::query::SEED_ANOMALY_SQL;
+use jetscale::exporters::postgres::query::SEED_ANOMALY_SQL;
 use std::process::Command;
 use std::time::Duration;
 
@@ -131,7 +131,7 @@ async fn seed_sql_runs_verbatim_and_the_hourly_rollup_matches_raw_data() {
         .unwrap()
         .get(0);
     assert_eq!(rows.len() as i64, by_hand);
-    let via_cli = jetscale::store::query::anomalies(
+    let via_cli = jetscale::exporters::postgres::query::anomalies(
         &db,
         "public",
         "device.temperature",

@@ -12,7 +12,7 @@ use common::{db, fresh_database, nats_with, provision_stream, settings, temp_dir
 use jetscale::config::{Settings, StoreSettings, TlsFiles};
 use jetscale::dev::{PostgresCluster, PostgresOptions};
 use jetscale::pipeline::{self, RunOptions};
-use jetscale::stream::authz::{self, AuthzSpec, PasswordMode};
+use jetscale::receivers::nats::authz::{self, AuthzSpec, PasswordMode};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -92,10 +92,12 @@ fn store_settings(url: &str) -> StoreSettings {
     s
 }
 
-async fn pg_connect(url: &str) -> Result<tokio_postgres::Client, jetscale::store::StoreError> {
+async fn pg_connect(
+    url: &str,
+) -> Result<tokio_postgres::Client, jetscale::exporters::postgres::StoreError> {
     tokio::time::timeout(
         Duration::from_secs(15),
-        jetscale::store::connect(&store_settings(url)),
+        jetscale::exporters::postgres::connect(&store_settings(url)),
     )
     .await
     .expect("connect attempt finished in time")
@@ -354,7 +356,7 @@ async fn nats_tls_with_custom_ca_and_client_certificates() {
     };
 
     let good = with_tls(&ca_file, Some((&client_cert_file, &client_key_file)));
-    let client = jetscale::stream::connect(&good, "tls-test")
+    let client = jetscale::receivers::nats::connect(&good, "tls-test")
         .await
         .expect("TLS with our CA and a client certificate");
     let mut sub = client.subscribe("tls.check").await.expect("subscribe");
@@ -383,7 +385,7 @@ async fn nats_tls_with_custom_ca_and_client_certificates() {
     for (what, s) in refused {
         let outcome = tokio::time::timeout(
             Duration::from_secs(20),
-            jetscale::stream::connect(&s, "tls-test"),
+            jetscale::receivers::nats::connect(&s, "tls-test"),
         )
         .await
         .expect("connect attempt finished in time");
@@ -560,14 +562,14 @@ fn payload(device: &str, location: &str, metrics: &[serde_json::Value]) -> Vec<u
 /// Creates stream and consumer as `jetscale setup` does, through jetscale's own connect
 /// (which takes the credentials out of the URL).
 async fn provision(settings: &Settings) {
-    let client = jetscale::stream::connect(&settings.nats, "jetscale-setup")
+    let client = jetscale::receivers::nats::connect(&settings.nats, "jetscale-setup")
         .await
         .expect("connect as admin");
     let js = jetstream::new(client);
-    let (_, stream) = jetscale::stream::ensure_stream(&js, &settings.stream)
+    let (_, stream) = jetscale::receivers::nats::ensure_stream(&js, &settings.stream)
         .await
         .expect("stream");
-    jetscale::stream::ensure_consumer(&stream, &settings.consumer)
+    jetscale::receivers::nats::ensure_consumer(&stream, &settings.consumer)
         .await
         .expect("consumer");
 }
@@ -1516,19 +1518,19 @@ async fn postgres_collector_role_has_least_privilege() {
 
     // What the background upkeep and the ledger pruning do, as the role.
     let as_role = db(&role_url).await;
-    let names = jetscale::store::schema::Names::new(&s.store);
-    jetscale::store::maintenance::run_once(
+    let names = jetscale::exporters::postgres::schema::Names::new(&s.store);
+    jetscale::exporters::postgres::maintenance::run_once(
         &as_role,
         &names,
         &s.store,
-        &jetscale::store::schema::Backend::Native,
+        &jetscale::exporters::postgres::schema::Backend::Native,
         s.limits.max_future,
     )
     .await
     .expect("upkeep as the collector role");
     // Indexing a closed points partition runs as the function's owner; here every partition
     // counts as closed.
-    let indexed = jetscale::store::maintenance::index_closed_partitions(
+    let indexed = jetscale::exporters::postgres::maintenance::index_closed_partitions(
         &as_role,
         &names,
         std::time::SystemTime::now() + Duration::from_secs(30 * 86_400),

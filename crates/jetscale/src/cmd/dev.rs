@@ -7,8 +7,8 @@ use super::{query::anomaly_table, setup, simulate, Global};
 use anyhow::Context;
 use jetscale::config::Settings;
 use jetscale::dev::{NatsServer, NatsServerOptions, PostgresCluster, PostgresOptions};
+use jetscale::exporters::postgres::{self, query};
 use jetscale::pipeline::{self, Counters, RunOptions};
-use jetscale::store::{self, query};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -149,7 +149,7 @@ pub async fn run_demo(global: &Global, args: DemoArgs) -> anyhow::Result<()> {
         args.devices, args.count
     );
     let started = Instant::now();
-    let client = jetscale::stream::connect(&settings.nats, "jetscale-demo").await?;
+    let client = jetscale::receivers::nats::connect(&settings.nats, "jetscale-demo").await?;
     let js = async_nats::jetstream::new(client);
     let options = jetscale::simulate::SimulateOptions {
         devices: args.devices,
@@ -172,8 +172,8 @@ pub async fn run_demo(global: &Global, args: DemoArgs) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let report = collector.await.context("collector task")??;
 
-    let db = store::connect(&settings.store).await?;
-    let table = jetscale::store::schema::Names::new(&settings.store);
+    let db = postgres::connect(&settings.store).await?;
+    let table = jetscale::exporters::postgres::schema::Names::new(&settings.store);
     let stored: i64 = db
         .query_one(&format!("SELECT count(*) FROM {}", table.metrics), &[])
         .await?

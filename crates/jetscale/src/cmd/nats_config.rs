@@ -1,9 +1,9 @@
 //! `jetscale nats-config`: print a least-privilege nats-server `authorization` block for the
-//! configured stream and consumer (see `jetscale::stream::authz`).
+//! configured stream and consumer (see `jetscale::receivers::nats::authz`).
 
 use super::Global;
 use anyhow::Context;
-use jetscale::stream::authz::{self, AuthzSpec, PasswordMode};
+use jetscale::receivers::nats::authz::{self, AuthzSpec, PasswordMode};
 use std::io::Write;
 use std::path::PathBuf;
 

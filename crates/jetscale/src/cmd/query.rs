@@ -2,7 +2,7 @@
 
 use super::Global;
 use jetscale::config::units::parse_duration;
-use jetscale::store::{self, query};
+use jetscale::exporters::postgres::{self, query};
 use std::time::Duration;
 
 #[derive(Debug, clap::Subcommand)]
@@ -23,7 +23,7 @@ pub struct AnomalyArgs {
 
 pub async fn run(global: &Global, command: QueryCommand) -> anyhow::Result<()> {
     let settings = global.settings()?;
-    let client = store::connect(&settings.store).await?;
+    let client = postgres::connect(&settings.store).await?;
     match command {
         QueryCommand::Anomalies(a) => {
             let rows = query::anomalies(

@@ -2,8 +2,8 @@
 
 use super::Global;
 use jetscale::config::Settings;
-use jetscale::store::{self, maintenance, schema};
-use jetscale::stream::{self, provision::Provisioned};
+use jetscale::exporters::postgres::{self, maintenance, schema};
+use jetscale::receivers::nats::{self, provision::Provisioned};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -55,21 +55,21 @@ pub async fn provision(
 ) -> anyhow::Result<Vec<String>> {
     let mut lines = Vec::new();
     if nats {
-        let client = stream::connect(&settings.nats, "jetscale-setup").await?;
+        let client = nats::connect(&settings.nats, "jetscale-setup").await?;
         let js = async_nats::jetstream::new(client);
-        let (outcome, js_stream) = stream::ensure_stream(&js, &settings.stream).await?;
+        let (outcome, js_stream) = nats::ensure_stream(&js, &settings.stream).await?;
         lines.push(describe(
             &format!("stream {}", settings.stream.name),
             &outcome,
         ));
-        let (outcome, _) = stream::ensure_consumer(&js_stream, &settings.consumer).await?;
+        let (outcome, _) = nats::ensure_consumer(&js_stream, &settings.consumer).await?;
         lines.push(describe(
             &format!("consumer {}", settings.consumer.name),
             &outcome,
         ));
     }
     if database {
-        let mut client = store::connect(&settings.store).await?;
+        let mut client = postgres::connect(&settings.store).await?;
         let report = schema::migrate(&mut client, &settings.store).await?;
         let backend = report.backend.clone().unwrap_or(schema::Backend::Native);
         let names = schema::Names::new(&settings.store);

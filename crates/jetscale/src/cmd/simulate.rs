@@ -59,7 +59,7 @@ impl Args {
 
 pub async fn run(global: &Global, args: Args) -> anyhow::Result<()> {
     let settings = global.settings()?;
-    let client = jetscale::stream::connect(&settings.nats, "jetscale-simulate").await?;
+    let client = jetscale::receivers::nats::connect(&settings.nats, "jetscale-simulate").await?;
     let js = async_nats::jetstream::new(client);
     let options = args.options();
     let report = tokio::select! {

@@ -8,8 +8,6 @@ pub mod detect;
 pub mod flat;
 pub mod numbers;
 pub mod otlp_json;
-pub mod otlp_json_logs;
-pub mod otlp_json_traces;
 pub mod otlp_proto;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -178,8 +176,8 @@ pub fn decode(
     let format = detect(msg, ctx.encoding)?;
     let outcome = match format {
         Format::OtlpJsonMetrics => otlp_json::decode_metrics(msg, ctx, sink),
-        Format::OtlpJsonTraces => otlp_json_traces::decode_traces(msg, ctx, sink),
-        Format::OtlpJsonLogs => otlp_json_logs::decode_logs(msg, ctx, sink),
+        Format::OtlpJsonTraces => otlp_json::traces::decode_traces(msg, ctx, sink),
+        Format::OtlpJsonLogs => otlp_json::logs::decode_logs(msg, ctx, sink),
         Format::OtlpProtoMetrics => otlp_proto::decode_metrics(msg, ctx, sink),
         Format::OtlpProtoTraces => otlp_proto::decode_traces(msg, ctx, sink),
         Format::OtlpProtoLogs => otlp_proto::decode_logs(msg, ctx, sink),

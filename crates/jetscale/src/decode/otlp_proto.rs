@@ -11,9 +11,9 @@
 
 use super::attributes::{AnyValue, KeyValue};
 use super::numbers::{LenientF64, LenientI64, LenientU64};
+use super::otlp_json::logs::{ExportLogs, SeverityNumber};
+use super::otlp_json::traces::{ExportTraces, SpanKind, StatusCode};
 use super::otlp_json::{self, ExportMetrics, Resource, Scope, Temporality};
-use super::otlp_json_logs::{self, ExportLogs, SeverityNumber};
-use super::otlp_json_traces::{self, ExportTraces, SpanKind, StatusCode};
 use super::{DecodeContext, Incoming, RecordSink, Rejection, RejectionKind};
 use base64::Engine as _;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
@@ -51,10 +51,10 @@ pub fn decode_traces(
     let request = ExportTraceServiceRequest::decode(msg.payload)
         .map_err(|e| Rejection::malformed(format!("OTLP protobuf traces: {e}")))?;
     let request = traces(&request);
-    if otlp_json_traces::count_spans(&request) == 0 {
+    if otlp_json::traces::count_spans(&request) == 0 {
         return Err(empty("traces", "spans"));
     }
-    otlp_json_traces::emit_traces(&request, ctx, sink)
+    otlp_json::traces::emit_traces(&request, ctx, sink)
 }
 
 /// Decodes an `ExportLogsServiceRequest` in protobuf into log rows.
@@ -66,10 +66,10 @@ pub fn decode_logs(
     let request = ExportLogsServiceRequest::decode(msg.payload)
         .map_err(|e| Rejection::malformed(format!("OTLP protobuf logs: {e}")))?;
     let request = logs(&request);
-    if otlp_json_logs::count_logs(&request) == 0 {
+    if otlp_json::logs::count_logs(&request) == 0 {
         return Err(empty("logs", "log records"));
     }
-    otlp_json_logs::emit_logs(&request, ctx, sink)
+    otlp_json::logs::emit_logs(&request, ctx, sink)
 }
 
 /// Bytes that decode as a request holding nothing: protobuf skips unknown fields, so most
@@ -95,12 +95,12 @@ pub fn decode_any(
     }
     if let Ok(request) = ExportTraceServiceRequest::decode(msg.payload) {
         if plausible_traces(&request) {
-            return otlp_json_traces::emit_traces(&traces(&request), ctx, sink);
+            return otlp_json::traces::emit_traces(&traces(&request), ctx, sink);
         }
     }
     if let Ok(request) = ExportLogsServiceRequest::decode(msg.payload) {
         if plausible_logs(&request) {
-            return otlp_json_logs::emit_logs(&logs(&request), ctx, sink);
+            return otlp_json::logs::emit_logs(&logs(&request), ctx, sink);
         }
     }
     Err(Rejection::new(
@@ -370,8 +370,8 @@ fn metrics(request: &ExportMetricsServiceRequest) -> ExportMetrics<'_> {
     }
 }
 
-fn span(s: &pb_trace::Span) -> otlp_json_traces::Span<'_> {
-    use otlp_json_traces::{Event, Link, Span, Status};
+fn span(s: &pb_trace::Span) -> otlp_json::traces::Span<'_> {
+    use otlp_json::traces::{Event, Link, Span, Status};
     Span {
         trace_id: hex(&s.trace_id),
         span_id: hex(&s.span_id),
@@ -411,7 +411,7 @@ fn span(s: &pb_trace::Span) -> otlp_json_traces::Span<'_> {
 }
 
 fn traces(request: &ExportTraceServiceRequest) -> ExportTraces<'_> {
-    use otlp_json_traces::{ResourceSpans, ScopeSpans};
+    use otlp_json::traces::{ResourceSpans, ScopeSpans};
     ExportTraces {
         resource_spans: request
             .resource_spans
@@ -431,8 +431,8 @@ fn traces(request: &ExportTraceServiceRequest) -> ExportTraces<'_> {
     }
 }
 
-fn record(l: &pb_logs::LogRecord) -> otlp_json_logs::Log<'_> {
-    otlp_json_logs::Log {
+fn record(l: &pb_logs::LogRecord) -> otlp_json::logs::Log<'_> {
+    otlp_json::logs::Log {
         time_unix_nano: LenientU64(l.time_unix_nano),
         observed_time_unix_nano: LenientU64(l.observed_time_unix_nano),
         severity_number: SeverityNumber(l.severity_number),
@@ -447,7 +447,7 @@ fn record(l: &pb_logs::LogRecord) -> otlp_json_logs::Log<'_> {
 }
 
 fn logs(request: &ExportLogsServiceRequest) -> ExportLogs<'_> {
-    use otlp_json_logs::{ResourceLogs, ScopeLogs};
+    use otlp_json::logs::{ResourceLogs, ScopeLogs};
     ExportLogs {
         resource_logs: request
             .resource_logs
@@ -881,7 +881,7 @@ mod tests {
         assert!(text.contains(&"ab".repeat(16)), "hex ids: {text}");
         assert!(text.contains("\"scope\":null"), "{text}");
         let from_json = testing::run(
-            otlp_json_traces::decode_traces,
+            otlp_json::traces::decode_traces,
             "telemetry.spans.w.r",
             &json,
             &limits,
@@ -901,7 +901,7 @@ mod tests {
         request.resource_logs[0].resource = None;
         let json = serde_json::to_vec(&request).unwrap();
         let from_json = testing::run(
-            otlp_json_logs::decode_logs,
+            otlp_json::logs::decode_logs,
             "telemetry.logs.e.x",
             &json,
             &limits,
@@ -948,7 +948,7 @@ mod tests {
             &limits,
         )
         .unwrap();
-        otlp_json_traces::tests::check_python_traces(&got);
+        otlp_json::traces::tests::check_python_traces(&got);
         let got = testing::run(
             decode_metrics,
             "telemetry.metrics.checkout.all",
@@ -964,6 +964,6 @@ mod tests {
             &limits,
         )
         .unwrap();
-        otlp_json_logs::tests::check_python_logs(&got);
+        otlp_json::logs::tests::check_python_logs(&got);
     }
 }

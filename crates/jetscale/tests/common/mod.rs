@@ -155,10 +155,10 @@ pub async fn provision_stream(settings: &Settings) {
         .await
         .expect("connect nats");
     let js = async_nats::jetstream::new(client);
-    let (_, stream) = jetscale::stream::ensure_stream(&js, &settings.stream)
+    let (_, stream) = jetscale::receivers::nats::ensure_stream(&js, &settings.stream)
         .await
         .expect("stream");
-    jetscale::stream::ensure_consumer(&stream, &settings.consumer)
+    jetscale::receivers::nats::ensure_consumer(&stream, &settings.consumer)
         .await
         .expect("consumer");
 }

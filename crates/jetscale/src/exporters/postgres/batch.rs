@@ -2,8 +2,8 @@
 //! dead letters, and the acknowledgement handles. One batch is one database transaction.
 
 use crate::decode::{self, DecodeContext, Incoming, RecordSink, Rejection};
-use crate::store::copy::RowWriter;
-use crate::store::series::{NewSeries, SeriesCache, SeriesKey};
+use crate::exporters::postgres::copy::RowWriter;
+use crate::exporters::postgres::series::{NewSeries, SeriesCache, SeriesKey};
 use jetscale_model::{DistributionPoint, LogRecord, MetricPoint, SpanRecord};
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};

@@ -2,15 +2,17 @@
 //! text, a body of any `AnyValue` kind, trace context, flags, attributes. The structs are
 //! also what the protobuf decoder converts into, so both encodings share [`emit_logs`].
 
-use super::attributes::{check_text, nullable, write_json_string, write_value, AnyValue, KeyValue};
-use super::numbers::LenientU64;
-use super::otlp_json::{
+use super::traces::{flags32, hex_id};
+use super::{
     append_attributes, check_count, enum_number, nanos, resolve_resource, scope_fragment, separate,
     too_many, EnumNames, Resource, Scope,
 };
-use super::otlp_json_traces::{flags32, hex_id};
-use super::{DecodeContext, Incoming, RecordSink, Rejection};
 use crate::config::Limits;
+use crate::decode::attributes::{
+    check_text, nullable, write_json_string, write_value, AnyValue, KeyValue,
+};
+use crate::decode::numbers::LenientU64;
+use crate::decode::{DecodeContext, Incoming, RecordSink, Rejection};
 use jetscale_model::LogRecord;
 use serde::Deserialize;
 use std::borrow::Cow;
@@ -124,7 +126,7 @@ pub fn decode_logs(
     ctx: &DecodeContext<'_>,
     sink: &mut dyn RecordSink,
 ) -> Result<(), Rejection> {
-    let request: ExportLogs = super::from_json_slice(msg.payload)
+    let request: ExportLogs = crate::decode::from_json_slice(msg.payload)
         .map_err(|e| Rejection::malformed(format!("OTLP/JSON logs: {e}")))?;
     emit_logs(&request, ctx, sink)
 }

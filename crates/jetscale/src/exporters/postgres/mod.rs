@@ -1,6 +1,7 @@
 //! The database side: connecting, schema migrations, the binary COPY writer with its delivery
 //! ledger, background maintenance (partitions, rollups, retention) and the queries users run.
 
+pub mod batch;
 pub mod copy;
 pub mod ledger;
 pub mod maintenance;
@@ -15,6 +16,7 @@ use crate::redact::redact_url;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 
+pub use batch::{Batch, DeadLetter, MessageEntry, Table};
 pub use tls::{SslMode, TlsParams};
 
 /// A database failure, classified by what the collector should do about it.

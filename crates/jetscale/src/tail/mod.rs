@@ -687,7 +687,7 @@ pub struct TailReport {
 #[derive(Debug, thiserror::Error)]
 pub enum TailError {
     #[error(transparent)]
-    Connect(#[from] crate::stream::StreamError),
+    Connect(#[from] crate::receivers::nats::StreamError),
     #[error("{step} failed: {detail}")]
     JetStream { step: &'static str, detail: String },
     #[error("{0}")]
@@ -755,7 +755,7 @@ enum Source {
 }
 
 async fn prepare(settings: &Settings, options: &TailOptions) -> Result<Source, TailError> {
-    let client = crate::stream::connect(&settings.nats, "jetscale-tail").await?;
+    let client = crate::receivers::nats::connect(&settings.nats, "jetscale-tail").await?;
     let js = jetstream::new(client.clone());
     let mut stream = js.get_stream(&settings.stream.name).await.map_err(|e| {
         js_err("looking up the stream")(format!(

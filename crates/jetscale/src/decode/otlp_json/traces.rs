@@ -3,14 +3,16 @@
 //! name), times, attributes, events, links and status. The structs are also what the
 //! protobuf decoder converts into, so both encodings share [`emit_traces`].
 
-use super::attributes::{check_text, nullable, preview, write_json_string, write_key, KeyValue};
-use super::numbers::LenientU64;
-use super::otlp_json::{
+use super::{
     append_attributes, check_count, enum_number, nanos, resolve_resource, scope_fragment, separate,
     too_many, EnumNames, Resource, Scope,
 };
-use super::{DecodeContext, Incoming, RecordSink, Rejection};
 use crate::config::Limits;
+use crate::decode::attributes::{
+    check_text, nullable, preview, write_json_string, write_key, KeyValue,
+};
+use crate::decode::numbers::LenientU64;
+use crate::decode::{DecodeContext, Incoming, RecordSink, Rejection};
 use jetscale_model::SpanRecord;
 use serde::Deserialize;
 use std::borrow::Cow;
@@ -211,7 +213,7 @@ pub fn decode_traces(
     ctx: &DecodeContext<'_>,
     sink: &mut dyn RecordSink,
 ) -> Result<(), Rejection> {
-    let request: ExportTraces = super::from_json_slice(msg.payload)
+    let request: ExportTraces = crate::decode::from_json_slice(msg.payload)
         .map_err(|e| Rejection::malformed(format!("OTLP/JSON traces: {e}")))?;
     emit_traces(&request, ctx, sink)
 }

@@ -6,14 +6,14 @@
 use crate::ack::{self, Acks, Cumulative};
 use crate::config::{AckPolicy, MetricsLayout, Settings};
 use crate::decode::{DecodeContext, Incoming};
-use crate::process::batch::{Batch, Delivery};
-use crate::store::ledger::{self, StreamKey, StreamState};
-use crate::store::maintenance;
-use crate::store::schema::{self, Backend, Names};
-use crate::store::series::SeriesCache;
-use crate::store::writer::{PartitionCache, SharedCaches, Writer};
-use crate::store::{self, StoreError};
-use crate::stream::{self, StreamError};
+use crate::exporters::postgres::batch::{Batch, Delivery};
+use crate::exporters::postgres::ledger::{self, StreamKey, StreamState};
+use crate::exporters::postgres::maintenance;
+use crate::exporters::postgres::schema::{self, Backend, Names};
+use crate::exporters::postgres::series::SeriesCache;
+use crate::exporters::postgres::writer::{PartitionCache, SharedCaches, Writer};
+use crate::exporters::postgres::{self, StoreError};
+use crate::receivers::nats::{self, StreamError};
 use async_nats::jetstream;
 use futures::StreamExt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,12 +62,12 @@ pub struct Counters {
     /// Series the cache missed and the database already had.
     pub series_found: AtomicU64,
     pub series_created: AtomicU64,
-    pub latency: crate::telemetry::LatencyHistogram,
+    pub latency: crate::self_metrics::LatencyHistogram,
 }
 
 impl Counters {
     /// Counts a committed batch, and its messages' publish-to-commit latency.
-    fn record(&self, done: &crate::store::writer::Committed) {
+    fn record(&self, done: &crate::exporters::postgres::writer::Committed) {
         let add = |counter: &AtomicU64, n: usize| counter.fetch_add(n as u64, Ordering::Relaxed);
         add(&self.messages, done.messages);
         add(&self.rows, done.rows);
@@ -110,17 +110,17 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<RunReport, PipelineError> {
     let started = Instant::now();
-    let nats = stream::connect(&settings.nats, "jetscale-collector").await?;
+    let nats = nats::connect(&settings.nats, "jetscale-collector").await?;
     let js = jetstream::new(nats.clone());
-    let (_, js_stream) = stream::ensure_stream(&js, &settings.stream).await?;
-    let (_, consumer) = stream::ensure_consumer(&js_stream, &settings.consumer).await?;
+    let (_, js_stream) = nats::ensure_stream(&js, &settings.stream).await?;
+    let (_, consumer) = nats::ensure_consumer(&js_stream, &settings.consumer).await?;
     let acks = match settings.consumer.ack_policy {
         AckPolicy::Explicit => Acks::Each,
         AckPolicy::All => Acks::Cumulative(Arc::new(Cumulative::new())),
     };
 
     let names = Names::new(&settings.store);
-    let mut admin = store::connect(&settings.store).await?;
+    let mut admin = postgres::connect(&settings.store).await?;
     let backend = if options.skip_migrations {
         schema::check_layout(&admin, &names).await?;
         schema::detect_backend(&admin, &settings.store).await?
@@ -148,7 +148,7 @@ pub async fn run(
     let series = (settings.store.layout == MetricsLayout::Series)
         .then(|| Arc::new(SeriesCache::new(settings.store.series_cache)));
     if let Some(cache) = &series {
-        let loaded = crate::store::series::warm(&admin, &names.series, cache).await?;
+        let loaded = crate::exporters::postgres::series::warm(&admin, &names.series, cache).await?;
         tracing::info!(series = loaded, "series cache warmed");
     }
     let caches = SharedCaches {
@@ -157,7 +157,7 @@ pub async fn run(
     };
     let mut writers = Vec::new();
     for index in 0..settings.store.writers {
-        let client = store::connect(&settings.store).await?;
+        let client = postgres::connect(&settings.store).await?;
         let writer = Writer::new(
             client,
             names.clone(),
@@ -573,7 +573,7 @@ async fn write_loop(
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                     if writer.is_closed() {
-                        match store::connect(&settings.store).await {
+                        match postgres::connect(&settings.store).await {
                             Ok(client) => writer.reconnect(client),
                             Err(e) => tracing::warn!(error = %e, "database still unreachable"),
                         }
@@ -610,7 +610,7 @@ async fn upkeep_loop(
             return;
         }
         if admin.is_closed() {
-            match store::connect(&settings.store).await {
+            match postgres::connect(&settings.store).await {
                 Ok(c) => admin = c,
                 Err(_) => continue,
             }

@@ -9,7 +9,7 @@ use super::schema::{Backend, Names};
 use super::series::{SeriesCache, SeriesKey};
 use super::StoreError;
 use crate::config::MetricsLayout;
-use crate::process::{Batch, DeadLetter, Table};
+use crate::exporters::postgres::batch::{Batch, DeadLetter, Table};
 use bytes::Bytes;
 use futures::SinkExt;
 use std::collections::HashSet;
@@ -219,10 +219,9 @@ impl Writer {
                                     }
                                 }
                                 None => {
-                                    let cap = m
-                                        .payload
-                                        .len()
-                                        .min(crate::process::batch::DEAD_LETTER_PAYLOAD_CAP);
+                                    let cap = m.payload.len().min(
+                                        crate::exporters::postgres::batch::DEAD_LETTER_PAYLOAD_CAP,
+                                    );
                                     single.dead_letters.push(DeadLetter {
                                         stream_seq: m.stream_seq,
                                         subject: m.subject.to_string(),

@@ -7,7 +7,7 @@ use super::schema::{Backend, Names};
 use super::writer::ensure_partition_range;
 use super::StoreError;
 use crate::config::{MetricsLayout, StoreSettings};
-use crate::process::Table;
+use crate::exporters::postgres::batch::Table;
 use std::time::{Duration, SystemTime};
 use tokio_postgres::Client;
 

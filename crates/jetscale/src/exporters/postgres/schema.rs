@@ -6,7 +6,7 @@
 
 use super::StoreError;
 use crate::config::{MetricsLayout, StoreSettings};
-use crate::process::Table;
+use crate::exporters::postgres::batch::Table;
 use std::time::Duration;
 use tokio_postgres::Client;
 

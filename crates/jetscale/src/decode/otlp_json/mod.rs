@@ -7,6 +7,9 @@
 //! become distribution rows. The structs here are also what the protobuf decoder converts
 //! into (`otlp_proto`), so both encodings share one mapping.
 
+pub mod logs;
+pub mod traces;
+
 use super::attributes::{
     check_text, nullable, write_json_string, write_key, write_value, KeyValue,
 };
