@@ -523,7 +523,7 @@ async fn database_ceiling(
     });
     let mut client = postgres::connect(&s.store).await?;
     schema::migrate(&mut client, &s.store).await?;
-    let names = schema::Names::new(&s.store);
+    let names = schema::RelationNames::new(&s.store);
     postgres::maintenance::partitions_ahead(&client, &names, &s.store, Duration::from_secs(3600))
         .await?;
     let limits = Limits::default();
@@ -559,8 +559,8 @@ async fn database_ceiling(
             },
             &ctx,
         );
-        if batch.weight() >= 15_000 {
-            let next = batch.fresh(15_000);
+        if batch.size_in_rows() >= 15_000 {
+            let next = batch.new_empty(15_000);
             batches.push(std::mem::replace(&mut batch, next));
         }
     }
@@ -675,7 +675,7 @@ async fn bare_drain(
 async fn index_on_close(nats_url: &str, db_url: &str) -> Result<f64> {
     let s = settings(nats_url, db_url)?;
     let client = postgres::connect(&s.store).await?;
-    let names = schema::Names::new(&s.store);
+    let names = schema::RelationNames::new(&s.store);
     let started = Instant::now();
     let far_future = std::time::SystemTime::now() + Duration::from_secs(10 * 365 * 86_400);
     postgres::maintenance::index_closed_partitions(&client, &names, far_future, i32::MAX).await?;

@@ -97,7 +97,7 @@ fn bench(c: &mut Criterion) {
                         &ctx,
                     );
                 }
-                batch.weight()
+                batch.size_in_rows()
             },
             BatchSize::LargeInput,
         )

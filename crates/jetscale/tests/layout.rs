@@ -102,7 +102,7 @@ async fn points_partitions_are_indexed_once_they_have_closed() {
         "no index on the parent"
     );
     // What the collector's maintenance does every round, until nothing is left to do.
-    let names = jetscale::exporters::postgres::schema::Names::new(&settings.store);
+    let names = jetscale::exporters::postgres::schema::RelationNames::new(&settings.store);
     let closed_before = std::time::SystemTime::now()
         - jetscale::exporters::postgres::maintenance::INDEX_AFTER_CLOSE;
     while jetscale::exporters::postgres::maintenance::index_closed_partitions(

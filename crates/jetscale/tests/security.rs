@@ -1518,7 +1518,7 @@ async fn postgres_collector_role_has_least_privilege() {
 
     // What the background upkeep and the ledger pruning do, as the role.
     let as_role = db(&role_url).await;
-    let names = jetscale::exporters::postgres::schema::Names::new(&s.store);
+    let names = jetscale::exporters::postgres::schema::RelationNames::new(&s.store);
     jetscale::exporters::postgres::maintenance::run_once(
         &as_role,
         &names,

@@ -173,7 +173,7 @@ pub async fn run_demo(global: &Global, args: DemoArgs) -> anyhow::Result<()> {
     let report = collector.await.context("collector task")??;
 
     let db = postgres::connect(&settings.store).await?;
-    let table = jetscale::exporters::postgres::schema::Names::new(&settings.store);
+    let table = jetscale::exporters::postgres::schema::RelationNames::new(&settings.store);
     let stored: i64 = db
         .query_one(&format!("SELECT count(*) FROM {}", table.metrics), &[])
         .await?

@@ -72,7 +72,7 @@ pub async fn provision(
         let mut client = postgres::connect(&settings.store).await?;
         let report = schema::migrate(&mut client, &settings.store).await?;
         let backend = report.backend.clone().unwrap_or(schema::Backend::Native);
-        let names = schema::Names::new(&settings.store);
+        let names = schema::RelationNames::new(&settings.store);
         if backend.native_partitions() {
             maintenance::partitions_ahead(
                 &client,

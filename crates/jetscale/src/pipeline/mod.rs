@@ -9,7 +9,7 @@ use crate::decode::{DecodeContext, Incoming};
 use crate::exporters::postgres::batch::{Batch, Delivery};
 use crate::exporters::postgres::ledger::{self, StreamKey, StreamState};
 use crate::exporters::postgres::maintenance;
-use crate::exporters::postgres::schema::{self, Backend, Names};
+use crate::exporters::postgres::schema::{self, Backend, RelationNames};
 use crate::exporters::postgres::series::SeriesCache;
 use crate::exporters::postgres::writer::{PartitionCache, SharedCaches, Writer};
 use crate::exporters::postgres::{self, StoreError};
@@ -119,7 +119,7 @@ pub async fn run(
         AckPolicy::All => Acks::Cumulative(Arc::new(Cumulative::new())),
     };
 
-    let names = Names::new(&settings.store);
+    let names = RelationNames::new(&settings.store);
     let mut admin = postgres::connect(&settings.store).await?;
     let backend = if options.skip_migrations {
         schema::check_layout(&admin, &names).await?;
@@ -262,7 +262,7 @@ async fn claim_consumer(
 async fn register_stream(
     js: &jetstream::Context,
     admin: &tokio_postgres::Client,
-    names: &Names,
+    names: &RelationNames,
     settings: &Settings,
     options: &RunOptions,
 ) -> Result<StreamKey, PipelineError> {
@@ -300,20 +300,20 @@ struct Outbox {
 
 impl Outbox {
     /// An empty batch to fill next: one a writer handed back, or a new one like `batch`.
-    fn empty_like(&mut self, batch: &Batch, max_rows: usize) -> Batch {
+    fn take_reusable_batch(&mut self, batch: &Batch, max_rows: usize) -> Batch {
         match self.emptied.try_recv() {
             Ok(mut reused) => {
                 reused.opened = Instant::now();
                 reused
             }
-            Err(_) => batch.fresh(max_rows),
+            Err(_) => batch.new_empty(max_rows),
         }
     }
 
     /// Sends `batch` to the writers and starts an empty one in its place; false once the
     /// writers are gone.
     async fn send_and_renew(&mut self, batch: &mut Batch, max_rows: usize) -> bool {
-        let next = self.empty_like(batch, max_rows);
+        let next = self.take_reusable_batch(batch, max_rows);
         let full = std::mem::replace(batch, next);
         self.full.send(full).await.is_ok()
     }
@@ -427,7 +427,7 @@ async fn fetch_loop(
                 if let Err(rejection) = batch.add(&incoming, delivery, &ctx) {
                     tracing::debug!(seq = stream_seq, subject = %message.subject, %rejection, "dead letter");
                 }
-                if batch.weight() >= settings.batch.max_rows
+                if batch.size_in_rows() >= settings.batch.max_rows
                     && !outbox.send_and_renew(&mut batch, settings.batch.max_rows).await
                 {
                     break;
@@ -596,7 +596,7 @@ async fn write_loop(
 
 async fn upkeep_loop(
     mut admin: tokio_postgres::Client,
-    names: Names,
+    names: RelationNames,
     settings: Settings,
     backend: Backend,
     key: StreamKey,

@@ -87,7 +87,7 @@ pub struct Batch {
     /// Start of every partition (chunk) the rows fall in, in microseconds since the epoch.
     pub chunks: BTreeSet<i64>,
     /// Chunks of the other tables (distributions, spans, logs), which are fewer rows.
-    pub span_chunks: [BTreeSet<i64>; 3],
+    pub other_table_chunks: [BTreeSet<i64>; 3],
     /// Start of every hour the rows fall in (rollup buckets), microseconds since the epoch.
     pub hours: BTreeSet<i64>,
     /// Series layout: the cache metric rows' series ids come from. `None`: the wide layout,
@@ -147,7 +147,7 @@ impl Batch {
             messages: Vec::new(),
             dead_letters: Vec::new(),
             chunks: BTreeSet::new(),
-            span_chunks: Default::default(),
+            other_table_chunks: Default::default(),
             hours: BTreeSet::new(),
             series: None,
             new_series: Vec::new(),
@@ -169,7 +169,7 @@ impl Batch {
     }
 
     /// An empty batch with the same partition width and layout.
-    pub fn fresh(&self, capacity_rows: usize) -> Batch {
+    pub fn new_empty(&self, capacity_rows: usize) -> Batch {
         Batch::new(self.chunk_us, capacity_rows).with_series(self.series.clone())
     }
 
@@ -186,7 +186,7 @@ impl Batch {
         self.messages.clear();
         self.dead_letters.clear();
         self.chunks.clear();
-        for chunks in &mut self.span_chunks {
+        for chunks in &mut self.other_table_chunks {
             chunks.clear();
         }
         self.hours.clear();
@@ -205,7 +205,7 @@ impl Batch {
     }
 
     /// Rows plus dead letters: what the batch size bounds.
-    pub fn weight(&self) -> usize {
+    pub fn size_in_rows(&self) -> usize {
         self.row_counts.iter().sum::<usize>() + self.dead_letters.len()
     }
 
@@ -355,7 +355,7 @@ impl Batch {
 
     /// A batch holding only the chosen messages (by index), for retrying part of a batch.
     pub fn select(&self, keep: &[usize]) -> Batch {
-        let mut out = self.fresh(0);
+        let mut out = self.new_empty(0);
         // Series indexes stay valid: the list is shared whole, patches move with their rows.
         out.new_series = self.new_series.clone();
         out.new_series_index = self.new_series_index.clone();
@@ -390,7 +390,7 @@ impl Batch {
             });
         }
         out.chunks = self.chunks.clone();
-        out.span_chunks = self.span_chunks.clone();
+        out.other_table_chunks = self.other_table_chunks.clone();
         out.hours = self.hours.clone();
         out.opened = self.opened;
         out
@@ -439,7 +439,7 @@ impl BatchSink<'_> {
     fn note_other(&mut self, table: Table, unix_ns: i64) {
         let us = unix_ns.div_euclid(1000);
         let chunk = us - us.rem_euclid(self.batch.chunk_us);
-        self.batch.span_chunks[table as usize - 1].insert(chunk);
+        self.batch.other_table_chunks[table as usize - 1].insert(chunk);
     }
 }
 
@@ -689,7 +689,7 @@ mod tests {
             messages,
             dead,
             b.chunks.clone(),
-            b.span_chunks.clone(),
+            b.other_table_chunks.clone(),
             b.hours.clone(),
             new_series,
             b.series_patches.clone(),
@@ -713,7 +713,7 @@ mod tests {
         assert!(!reused.dead_letters.is_empty() && !reused.new_series.is_empty());
         reused.clear();
         assert!(reused.is_empty());
-        assert_eq!(reused.weight(), 0);
+        assert_eq!(reused.size_in_rows(), 0);
 
         let mut fresh = Batch::new(HOUR_US, 16).with_series(cache);
         fill(&mut reused, 100, 5);
@@ -727,9 +727,9 @@ mod tests {
         let mut batch = Batch::new(HOUR_US, 16);
         let body = payload("dev-1", 1_700_000_000_000_000_000);
         add(&mut batch, 7, &body, "first").unwrap();
-        let rows = batch.weight();
+        let rows = batch.size_in_rows();
         add(&mut batch, 7, &body, "second").unwrap();
-        assert_eq!(batch.weight(), rows);
+        assert_eq!(batch.size_in_rows(), rows);
         assert_eq!(batch.messages.len(), 1);
         let replies: Vec<String> = batch.messages[0].replies().map(|r| r.to_string()).collect();
         assert_eq!(replies, ["first", "second"]);

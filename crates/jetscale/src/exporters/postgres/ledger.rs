@@ -5,7 +5,7 @@
 //! decides, not a check-then-insert race), and old ranges collapse into one once every
 //! consumer has acknowledged past them.
 
-use super::schema::Names;
+use super::schema::RelationNames;
 use super::StoreError;
 use std::time::{Duration, SystemTime};
 use tokio_postgres::{Client, GenericClient};
@@ -33,7 +33,7 @@ fn micros(t: SystemTime) -> SystemTime {
 /// (new messages would then be skipped as duplicates).
 pub async fn register(
     client: &Client,
-    names: &Names,
+    names: &RelationNames,
     stream: &StreamState,
     consumer: &str,
     accept_new_stream: bool,
@@ -109,7 +109,7 @@ fn fmt_time(t: SystemTime) -> String {
 /// The highest stream sequence committed for the stream (0 when none).
 pub async fn committed_high(
     client: &impl GenericClient,
-    names: &Names,
+    names: &RelationNames,
     key: StreamKey,
 ) -> Result<u64, StoreError> {
     let row = client
@@ -144,7 +144,7 @@ pub fn ranges(sorted: &[u64]) -> (Vec<i64>, Vec<i64>) {
 /// The committed ranges that overlap `[min, max]`.
 pub async fn committed_within(
     client: &impl GenericClient,
-    names: &Names,
+    names: &RelationNames,
     key: StreamKey,
     min: u64,
     max: u64,
@@ -173,7 +173,7 @@ pub async fn committed_within(
 /// transaction committed any of them first.
 pub async fn record(
     client: &impl GenericClient,
-    names: &Names,
+    names: &RelationNames,
     key: StreamKey,
     sorted: &[u64],
 ) -> Result<(), StoreError> {
@@ -195,7 +195,7 @@ pub async fn record(
 /// the collapsed range still deduplicates a replay. Returns the ranges left.
 pub async fn prune(
     client: &mut Client,
-    names: &Names,
+    names: &RelationNames,
     key: StreamKey,
     consumer: &str,
     ack_floor: u64,

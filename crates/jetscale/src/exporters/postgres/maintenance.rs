@@ -3,7 +3,7 @@
 //! advisory lock, so any number of collectors can run it and the collector's role needs
 //! no DDL rights.
 
-use super::schema::{Backend, Names};
+use super::schema::{Backend, RelationNames};
 use super::writer::ensure_partition_range;
 use super::StoreError;
 use crate::config::{MetricsLayout, StoreSettings};
@@ -37,7 +37,7 @@ fn now_us() -> i64 {
 /// Creates the partitions from one chunk back to `ahead` in the future.
 pub async fn partitions_ahead(
     client: &Client,
-    names: &Names,
+    names: &RelationNames,
     settings: &StoreSettings,
     ahead: Duration,
 ) -> Result<i32, StoreError> {
@@ -63,7 +63,7 @@ pub async fn partitions_ahead(
 /// before `closed_before` and have none; returns how many it built.
 pub async fn index_closed_partitions(
     client: &Client,
-    names: &Names,
+    names: &RelationNames,
     closed_before: SystemTime,
     limit: i32,
 ) -> Result<i32, StoreError> {
@@ -83,7 +83,7 @@ pub async fn index_closed_partitions(
 /// backend needs.
 pub async fn run_once(
     client: &Client,
-    names: &Names,
+    names: &RelationNames,
     settings: &StoreSettings,
     backend: &Backend,
     ahead: Duration,

@@ -90,9 +90,9 @@ impl std::fmt::Display for Backend {
     }
 }
 
-/// Names of everything jetscale creates, validated identifiers, quoted once here.
+/// The quoted names of every relation jetscale creates, validated identifiers, quoted once here.
 #[derive(Debug, Clone)]
-pub struct Names {
+pub struct RelationNames {
     pub schema: String,
     pub table: String,
     pub layout: MetricsLayout,
@@ -114,11 +114,11 @@ pub struct Names {
     plain: [String; 4],
 }
 
-impl Names {
+impl RelationNames {
     pub fn new(s: &StoreSettings) -> Self {
         let q = |name: &str| format!("\"{}\".\"{}\"", s.schema, name);
         let points_plain = format!("{}_points", s.metrics_table);
-        Names {
+        RelationNames {
             schema: format!("\"{}\"", s.schema),
             table: s.metrics_table.clone(),
             layout: s.layout,
@@ -270,7 +270,7 @@ async fn migrate_locked(
     client: &mut Client,
     settings: &StoreSettings,
 ) -> Result<MigrationReport, StoreError> {
-    let names = Names::new(settings);
+    let names = RelationNames::new(settings);
     let mut report = MigrationReport::default();
     let backend = detect_backend(client, settings).await?;
     report.backend = Some(backend.clone());
@@ -356,7 +356,10 @@ async fn migrate_locked(
 /// How the points table's partitions are indexed, when they are meant to be indexed on close:
 /// an index on the parent (made by an earlier `index_open_partitions: true`) still indexes
 /// every partition on insert, and is kept, since dropping it is the user's call.
-async fn open_partitions_note(client: &Client, names: &Names) -> Result<String, StoreError> {
+async fn open_partitions_note(
+    client: &Client,
+    names: &RelationNames,
+) -> Result<String, StoreError> {
     let parent_indexes: Vec<String> = client
         .query(
             "SELECT indexrelid::regclass::text FROM pg_index WHERE indrelid = to_regclass($1)",
@@ -381,7 +384,7 @@ async fn open_partitions_note(client: &Client, names: &Names) -> Result<String, 
 }
 
 /// Refuses to migrate over the other layout's relations, with what to do instead.
-pub async fn check_layout(client: &Client, names: &Names) -> Result<(), StoreError> {
+pub async fn check_layout(client: &Client, names: &RelationNames) -> Result<(), StoreError> {
     let kind = |relation: String| async move {
         client
             .query_opt(
@@ -411,7 +414,7 @@ pub async fn check_layout(client: &Client, names: &Names) -> Result<(), StoreErr
 }
 
 /// Tables every backend needs: delivery ledger, dead letters, bookkeeping.
-fn bookkeeping_sql(n: &Names) -> String {
+fn bookkeeping_sql(n: &RelationNames) -> String {
     let streams = n.own("jetscale_streams");
     let ledger = n.own("jetscale_ledger");
     let dead_table = n
@@ -484,7 +487,7 @@ CREATE TABLE IF NOT EXISTS {invalidations} (
 
 /// The seed's `iot_metrics` columns plus `attributes`, and its two indexes. `partition_clause`
 /// makes it a partitioned table; `after_create` runs before the indexes (create_hypertable).
-fn metrics_table_sql(n: &Names, partition_clause: &str, after_create: &str) -> String {
+fn metrics_table_sql(n: &RelationNames, partition_clause: &str, after_create: &str) -> String {
     format!(
         r#"
 CREATE TABLE IF NOT EXISTS {metrics} (
@@ -515,7 +518,7 @@ CREATE INDEX IF NOT EXISTS {idx_location} ON {metrics} (location, metric_name, t
 /// `index_points_on_insert` the points table has no index of its own: each partition gets one
 /// when it closes (`jetscale_index_closed_points`).
 fn metrics_storage_sql(
-    n: &Names,
+    n: &RelationNames,
     partition_clause: &str,
     after_create: &str,
     index_points_on_insert: bool,
@@ -567,7 +570,7 @@ FROM {points} p JOIN {series} s ON s.series_id = p.series_id;
 }
 
 /// The metrics table as a partitioned table, and the functions that manage its partitions.
-fn native_sql(n: &Names, s: &StoreSettings) -> String {
+fn native_sql(n: &RelationNames, s: &StoreSettings) -> String {
     let schema_plain = n.schema.trim_matches('"');
     format!(
         r#"
@@ -656,7 +659,7 @@ INSERT INTO {rollup_state} (relation) VALUES ('{table}') ON CONFLICT DO NOTHING;
 /// one `CREATE INDEX` builds the index by sorting, about a third of what the inserts cost.
 /// Partitions that already have an index (all of them while the parent has one) are skipped.
 /// SECURITY DEFINER, the points table fixed in the body, so an insert-only role can run it.
-fn index_closed_points_sql(n: &Names) -> String {
+fn index_closed_points_sql(n: &RelationNames) -> String {
     format!(
         r#"
 CREATE OR REPLACE FUNCTION {s}.jetscale_index_closed_points(p_closed_before TIMESTAMPTZ, p_limit INTEGER)
@@ -697,7 +700,7 @@ $fn$;
 /// Tables for the other signals: distribution points, spans, logs. Partitioned by time like
 /// the metrics table (hypertables on TimescaleDB), with the indexes users' queries need: a
 /// trace by id, a service's errors in a window, a device's or service's metric over time.
-fn signal_tables_sql(n: &Names, backend: &Backend, s: &StoreSettings) -> String {
+fn signal_tables_sql(n: &RelationNames, backend: &Backend, s: &StoreSettings) -> String {
     let partition = if backend.native_partitions() {
         " PARTITION BY RANGE (time)"
     } else {
@@ -805,7 +808,7 @@ CREATE INDEX IF NOT EXISTS {logs_trace} ON {logs} (trace_id) WHERE trace_id IS N
 
 /// The seed's schema for TimescaleDB, with the calls its version supports.
 fn timescale_sql(
-    n: &Names,
+    n: &RelationNames,
     s: &StoreSettings,
     backend: &Backend,
     major: u32,
@@ -939,7 +942,7 @@ SELECT add_retention_policy('{aggregate}', INTERVAL '{rollup}', if_not_exists =>
 /// closed hours are materialized once into `_hourly_data` (sum, min, max, count), late rows
 /// invalidate their hour, and the `_hourly` view adds the open hours live from raw data, so
 /// it always answers like a real-time continuous aggregate.
-fn native_rollup_sql(n: &Names) -> String {
+fn native_rollup_sql(n: &RelationNames) -> String {
     let schema_plain = n.schema.trim_matches('"');
     let open_hours = match n.layout {
         MetricsLayout::Wide => format!(
@@ -1060,7 +1063,7 @@ $fn$;
 /// The seed's config writes `otel_metrics`, its schema and query read `iot_metrics`: when the
 /// configured table is not `iot_metrics`, the seed's names become views of it (if free), so
 /// the seed's SQL runs verbatim either way. Native PostgreSQL also gets `time_bucket`.
-fn seed_aliases_sql(n: &Names) -> String {
+fn seed_aliases_sql(n: &RelationNames) -> String {
     let mut sql = String::new();
     if n.table != "iot_metrics" {
         for (alias, target) in [

@@ -5,7 +5,7 @@
 
 use super::copy::{HEADER, TRAILER};
 use super::ledger::{self, StreamKey};
-use super::schema::{Backend, Names};
+use super::schema::{Backend, RelationNames};
 use super::series::{SeriesCache, SeriesKey};
 use super::StoreError;
 use crate::config::MetricsLayout;
@@ -77,7 +77,7 @@ pub struct SharedCaches {
 /// One database connection writing batches.
 pub struct Writer {
     client: Client,
-    names: Names,
+    names: RelationNames,
     key: StreamKey,
     stream: String,
     backend: Backend,
@@ -94,7 +94,7 @@ const MAX_LEDGER_RETRIES: usize = 8;
 impl Writer {
     pub fn new(
         client: Client,
-        names: Names,
+        names: RelationNames,
         key: StreamKey,
         stream: String,
         backend: Backend,
@@ -165,7 +165,7 @@ impl Writer {
         for table in Table::ALL {
             let chunks = match table {
                 Table::Metrics => &batch.chunks,
-                other => &batch.span_chunks[other as usize - 1],
+                other => &batch.other_table_chunks[other as usize - 1],
             };
             if chunks.is_empty() {
                 continue;
@@ -425,7 +425,7 @@ pub struct ResolvedSeries {
 /// Finds or creates the series the batch's patches refer to.
 pub async fn resolve_series(
     tx: &tokio_postgres::Transaction<'_>,
-    names: &Names,
+    names: &RelationNames,
     batch: &Batch,
 ) -> Result<ResolvedSeries, StoreError> {
     // Inserted in key order, so two writers creating overlapping series lock them in the
@@ -538,7 +538,7 @@ const SPANS_STAGE_SQL: &str = "CREATE TEMP TABLE IF NOT EXISTS jetscale_spans_st
 /// aligned to the chunk width).
 pub async fn ensure_partition_range(
     client: &Client,
-    names: &Names,
+    names: &RelationNames,
     table: Table,
     from_us: i64,
     to_us: i64,
@@ -564,7 +564,7 @@ pub async fn ensure_partition_range(
 
 async fn insert_dead_letters(
     tx: &tokio_postgres::Transaction<'_>,
-    names: &Names,
+    names: &RelationNames,
     stream: &str,
     dead: &[DeadLetter],
 ) -> Result<(), StoreError> {
