@@ -92,6 +92,10 @@ pub async fn provision(
                 "created or migrated"
             }
         ));
+        lines.push(format!(
+            "backend {}: {backend}; {}",
+            settings.store.backend, report.backend_reason
+        ));
         lines.extend(report.notes);
     }
     Ok(lines)

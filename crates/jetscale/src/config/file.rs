@@ -244,6 +244,10 @@ pub struct PostgresExporter {
     /// jetscale: plain PostgreSQL, series layout: index the open (current) partition of the
     /// points table on every insert. Off by default: a partition is indexed once it closes.
     pub index_open_partitions: Option<bool>,
+    /// jetscale: `auto` (the default: TimescaleDB when the server can load it, native
+    /// PostgreSQL partitioning otherwise, saying why), `timescaledb` (fail when it cannot be
+    /// used) or `postgresql` (never try the extension).
+    pub backend: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -13,9 +13,9 @@ pub mod units;
 
 pub use file::ConfigFile;
 pub use settings::{
-    AckPolicy, AttributeAction, AttributeActionKind, BatchSettings, ConsumerSettings, Encoding,
-    Limits, MetricsLayout, NatsAuth, NatsSettings, Overrides, Settings, StoreSettings,
-    StreamSettings, TlsFiles,
+    AckPolicy, AttributeAction, AttributeActionKind, BackendChoice, BatchSettings,
+    ConsumerSettings, Encoding, Limits, MetricsLayout, NatsAuth, NatsSettings, Overrides, Settings,
+    StoreSettings, StreamSettings, TlsFiles,
 };
 
 use std::path::{Path, PathBuf};

@@ -139,6 +139,44 @@ pub struct StoreSettings {
     /// Plain PostgreSQL, series layout: keep the `(series_id, time)` index on the parent, so
     /// open partitions are indexed row by row. Off: each partition is indexed when it closes.
     pub index_open_partitions: bool,
+    /// Which storage engine to use (`exporters.postgresql.backend`).
+    pub backend: BackendChoice,
+}
+
+/// `exporters.postgresql.backend`: what the user asks for; `schema::Backend` is what was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendChoice {
+    /// TimescaleDB when the server can load it (creating the extension if needed), native
+    /// PostgreSQL partitioning otherwise, with the reason and how to enable TimescaleDB.
+    #[default]
+    Auto,
+    /// TimescaleDB or an error explaining why it cannot be used.
+    Timescaledb,
+    /// Native PostgreSQL partitioning; the extension is never created.
+    Postgresql,
+}
+
+impl BackendChoice {
+    fn parse(value: &str) -> Result<Self, ConfigError> {
+        match value.to_ascii_lowercase().as_str() {
+            "auto" => Ok(BackendChoice::Auto),
+            "timescaledb" => Ok(BackendChoice::Timescaledb),
+            "postgresql" => Ok(BackendChoice::Postgresql),
+            other => Err(ConfigError::Resolve(format!(
+                "exporters.postgresql.backend: unknown backend `{other}` (use `auto`, `timescaledb` or `postgresql`)"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for BackendChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BackendChoice::Auto => "auto",
+            BackendChoice::Timescaledb => "timescaledb",
+            BackendChoice::Postgresql => "postgresql",
+        })
+    }
 }
 
 /// How metric points are stored.
@@ -443,6 +481,10 @@ pub fn resolve(file: &ConfigFile, overrides: &Overrides) -> Result<Settings, Con
             .max(1024),
         direct_compress: pg.and_then(|p| p.direct_compress).unwrap_or(false),
         index_open_partitions: pg.and_then(|p| p.index_open_partitions).unwrap_or(false),
+        backend: match pg.and_then(|p| p.backend.as_deref()) {
+            Some(value) => BackendChoice::parse(value)?,
+            None => BackendChoice::Auto,
+        },
     };
     validate_identifier("exporters.postgresql.schema", &store.schema)?;
     validate_identifier("exporters.postgresql.table_name", &store.metrics_table)?;
@@ -735,5 +777,27 @@ mod tests {
         assert_eq!(s.stream.discard, "old");
         assert_eq!(s.store.metrics_table, "iot_metrics");
         assert_eq!(s.store.retention, Duration::from_secs(7 * 86_400));
+        assert_eq!(s.store.backend, BackendChoice::Auto);
+    }
+
+    #[test]
+    fn backend_is_one_of_three() {
+        for (written, choice) in [
+            ("auto", BackendChoice::Auto),
+            ("timescaledb", BackendChoice::Timescaledb),
+            ("PostgreSQL", BackendChoice::Postgresql),
+        ] {
+            let text = format!("exporters:\n  postgresql:\n    backend: {written}\n");
+            let file = ConfigFile::parse(&text, Path::new("c.yaml"), &env).unwrap();
+            let s = resolve(&file, &Overrides::default()).unwrap();
+            assert_eq!(s.store.backend, choice);
+        }
+        let text = "exporters:\n  postgresql:\n    backend: timescale\n";
+        let file = ConfigFile::parse(text, Path::new("c.yaml"), &env).unwrap();
+        let err = resolve(&file, &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("exporters.postgresql.backend"), "{err}");
+        assert!(err.contains("`timescale`"), "{err}");
     }
 }

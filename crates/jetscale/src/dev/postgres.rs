@@ -91,6 +91,8 @@ pub struct PostgresCluster {
     run_as: Option<RunAs>,
     log_path: PathBuf,
     child: Option<ChildProcess>,
+    /// `shared_preload_libraries`, comma-separated; empty for none.
+    preload: String,
 }
 
 impl PostgresCluster {
@@ -101,6 +103,16 @@ impl PostgresCluster {
     /// directory above `dir` must be enterable by it ([`DevError::DirNotTraversable`] names
     /// the one that is not).
     pub async fn start(opts: PostgresOptions) -> Result<PostgresCluster, DevError> {
+        Self::start_preloading(opts, &[]).await
+    }
+
+    /// [`start`](Self::start) with `shared_preload_libraries` set to `libraries` (for example
+    /// `["timescaledb"]`, which TimescaleDB needs before its extension can be created), on
+    /// every start of this cluster.
+    pub async fn start_preloading(
+        opts: PostgresOptions,
+        libraries: &[&str],
+    ) -> Result<PostgresCluster, DevError> {
         let binaries = find_binaries()?;
         // SAFETY: geteuid has no preconditions and cannot fail.
         let run_as = if unsafe { libc::geteuid() } == 0 {
@@ -133,6 +145,7 @@ impl PostgresCluster {
                 run_as,
                 log_path: dir.join("postgres.log"),
                 child: None,
+                preload: libraries.join(","),
             };
             match cluster.launch().await {
                 Ok(()) => return Ok(cluster),
@@ -214,6 +227,10 @@ impl PostgresCluster {
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr);
+        if !self.preload.is_empty() {
+            cmd.arg("-c")
+                .arg(format!("shared_preload_libraries={}", self.preload));
+        }
         if let Some(user) = self.run_as {
             cmd.uid(user.uid).gid(user.gid);
         }

@@ -13,6 +13,7 @@ pub mod writer;
 
 use crate::config::StoreSettings;
 use crate::redact::redact_url;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 
@@ -43,20 +44,7 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::Connect { .. } => true,
-            StoreError::Db(e) => match e.code() {
-                None => true, // IO or a closed connection.
-                Some(code) => {
-                    let c = code.code();
-                    c.starts_with("08")
-                        || c.starts_with("53")
-                        || c.starts_with("57")
-                        || c.starts_with("58")
-                        || *code == SqlState::T_R_SERIALIZATION_FAILURE
-                        || *code == SqlState::T_R_DEADLOCK_DETECTED
-                        || *code == SqlState::LOCK_NOT_AVAILABLE
-                        || *code == SqlState::QUERY_CANCELED
-                }
-            },
+            StoreError::Db(e) => is_transient_db(e),
             _ => false,
         }
     }
@@ -77,6 +65,24 @@ impl StoreError {
     /// Whether a concurrent writer committed some of the same messages first.
     pub fn is_ledger_conflict(&self) -> bool {
         matches!(self, StoreError::Db(e) if e.code() == Some(&SqlState::EXCLUSION_VIOLATION))
+    }
+}
+
+/// [`StoreError::is_transient`] for a database error.
+pub(crate) fn is_transient_db(e: &tokio_postgres::Error) -> bool {
+    match e.code() {
+        None => true, // IO or a closed connection.
+        Some(code) => {
+            let c = code.code();
+            c.starts_with("08")
+                || c.starts_with("53")
+                || c.starts_with("57")
+                || c.starts_with("58")
+                || *code == SqlState::T_R_SERIALIZATION_FAILURE
+                || *code == SqlState::T_R_DEADLOCK_DETECTED
+                || *code == SqlState::LOCK_NOT_AVAILABLE
+                || *code == SqlState::QUERY_CANCELED
+        }
     }
 }
 
@@ -105,22 +111,27 @@ pub async fn connect(settings: &StoreSettings) -> Result<Client, StoreError> {
     let client = match connector {
         None => {
             let (client, connection) = config.connect(NoTls).await.map_err(failed)?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(error = %e, "database connection closed");
-                }
-            });
+            drive(connection);
             client
         }
         Some(connector) => {
             let (client, connection) = config.connect(connector).await.map_err(failed)?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(error = %e, "database connection closed");
-                }
-            });
+            drive(connection);
             client
         }
     };
     Ok(client)
+}
+
+/// Runs a connection on a task of its own until it closes; the client sees the end as errors.
+fn drive<S, T>(connection: tokio_postgres::Connection<S, T>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "database connection closed");
+        }
+    });
 }
