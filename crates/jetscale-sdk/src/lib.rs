@@ -41,6 +41,7 @@
 
 #![warn(missing_docs)]
 
+pub mod backoff;
 mod error;
 pub mod headers;
 pub mod ids;

@@ -2,6 +2,7 @@
 //! `async_nats::ConnectOptions` a device needs), the in-flight limit, the ack timeout and the
 //! retry policy.
 
+use crate::backoff::Backoff;
 use crate::error::redact_url;
 use crate::{Error, Publisher};
 use std::path::PathBuf;
@@ -77,12 +78,7 @@ impl RetryPolicy {
     /// assert!(wait >= Duration::from_millis(100) && wait <= Duration::from_millis(200));
     /// ```
     pub fn backoff(&self, retry: u32) -> Duration {
-        let exponent = retry.saturating_sub(1).min(20);
-        let full = self
-            .initial_backoff
-            .saturating_mul(1u32 << exponent)
-            .min(self.max_backoff);
-        full.mul_f64(0.5 + fastrand::f64() * 0.5)
+        Backoff::new(self.initial_backoff, self.max_backoff).delay(retry)
     }
 }
 

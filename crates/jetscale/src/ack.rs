@@ -9,7 +9,10 @@
 //!   sequence `S` acknowledges *every* pending delivery at or below `S`, whoever holds it, so
 //!   [`Cumulative`] sends one only once it has proved that every such delivery is committed.
 
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::AckKind;
 use async_nats::{Client, Subject};
+use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -18,8 +21,8 @@ use std::time::{Duration, Instant};
 /// is down; an ack that does not get through only means a redelivery the ledger skips.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
-const ACK: &[u8] = b"+ACK";
-const IN_PROGRESS: &[u8] = b"+WPI";
+/// How often a collector holding cumulative acks asks JetStream whether it can prove them.
+pub const PROOF_INTERVAL: Duration = Duration::from_millis(500);
 
 /// How committed deliveries are acknowledged.
 #[derive(Clone)]
@@ -55,7 +58,7 @@ impl Acks {
 pub async fn send(client: &Client, replies: &[Subject]) {
     for reply in replies {
         if let Err(e) = client
-            .publish(reply.clone(), bytes::Bytes::from_static(ACK))
+            .publish(reply.clone(), Bytes::from(AckKind::Ack))
             .await
         {
             tracing::debug!(error = %e, "ack not sent; the message will be redelivered and skipped");
@@ -77,7 +80,7 @@ pub async fn send(client: &Client, replies: &[Subject]) {
 pub async fn in_progress(client: &Client, replies: &[Subject]) {
     for reply in replies {
         let _ = client
-            .publish(reply.clone(), bytes::Bytes::from_static(IN_PROGRESS))
+            .publish(reply.clone(), Bytes::from(AckKind::Progress))
             .await;
     }
     let _ = client.flush().await;
@@ -253,6 +256,41 @@ impl Cumulative {
         let s = self.lock();
         (!s.proven).then_some(s.held_since).flatten()
     }
+
+    /// Starts over, as at start-up, on a consumer bound anew (the old one was deleted): its
+    /// consumer sequences start again, so nothing seen before proves anything about it.
+    /// Deliveries of the old consumer still being written are stored and skipped when the
+    /// new one delivers them again.
+    pub fn restart(&self) {
+        let mut s = self.lock();
+        *s = State {
+            // A proof attempt begun before the restart is void.
+            breaks: s.breaks + 1,
+            held_since: Some(Instant::now()),
+            ..State::default()
+        };
+    }
+
+    /// Asks the consumer's state and, if it proves every pending delivery was seen here,
+    /// sends the cumulative ack that was waiting.
+    pub async fn try_to_prove(&self, consumer: &mut PullConsumer, client: &Client) {
+        let attempt = self.attempt();
+        let info = match consumer.info().await {
+            Ok(info) => info,
+            Err(e) => {
+                tracing::debug!(error = %e, "consumer info failed; cumulative acks stay held");
+                return;
+            }
+        };
+        let state = ConsumerState {
+            num_ack_pending: info.num_ack_pending,
+            ack_floor_stream_seq: info.ack_floor.stream_sequence,
+            last_delivered_consumer_seq: info.delivered.consumer_sequence,
+        };
+        if let Some(reply) = self.prove(attempt, state) {
+            send(client, std::slice::from_ref(&reply)).await;
+        }
+    }
 }
 
 impl State {
@@ -369,6 +407,33 @@ mod tests {
         acks.commit(8..=10);
         let attempt = acks.attempt();
         assert_eq!(acks.prove(attempt, state(4, 7, 14)), Some(reply(11)));
+    }
+
+    #[test]
+    fn a_restart_forgets_the_old_consumer_and_voids_proofs_under_way() {
+        let acks = proven_empty();
+        acks.seen(1, 1, reply(1));
+        acks.seen(2, 2, reply(2));
+        let attempt = acks.attempt();
+        // The consumer is deleted and bound anew: its deliveries number from 1 again.
+        acks.restart();
+        assert!(acks.held_since().is_some());
+        assert_eq!(acks.prove(attempt, state(0, 0, 0)), None, "begun before");
+        let attempt = acks.attempt();
+        assert_eq!(acks.prove(attempt, state(0, 0, 0)), None);
+        assert!(acks.held_since().is_none());
+        // The old batch commits late: nothing of it is acked on the new consumer...
+        assert_eq!(acks.commit(1..=2), None);
+        // ...whose own deliveries, the same messages again, are acked once committed.
+        acks.seen(1, 1, reply(11));
+        acks.seen(2, 2, reply(12));
+        assert_eq!(acks.commit(1..=2), Some(reply(12)));
+    }
+
+    #[test]
+    fn acks_are_the_bytes_jetstream_reads() {
+        assert_eq!(Bytes::from(AckKind::Ack), Bytes::from_static(b"+ACK"));
+        assert_eq!(Bytes::from(AckKind::Progress), Bytes::from_static(b"+WPI"));
     }
 
     #[test]

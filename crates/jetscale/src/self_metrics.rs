@@ -1,8 +1,77 @@
-//! The collector's own measurements: counters live in the pipeline; this holds the latency
-//! histogram (publish → commit), fixed-size so it never grows with traffic.
+//! The collector's own measurements: the counters of what it committed and the
+//! publish-to-commit latency histogram, fixed-size so they never grow with traffic.
 
+use crate::exporters::postgres::writer::Committed;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+/// Declares the counters once: the live, shared [`Counters`] and the [`Totals`] read from
+/// them, so a new counter is one line and every report carries it.
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident,)*) => {
+        /// Counters the collector keeps; shared with whoever reports progress.
+        #[derive(Debug, Default)]
+        pub struct Counters {
+            $($(#[$doc])* pub $name: AtomicU64,)*
+            /// Publish-to-commit latency of committed messages.
+            pub latency: LatencyHistogram,
+        }
+
+        /// The counters' values at one moment.
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        pub struct Totals {
+            $($(#[$doc])* pub $name: u64,)*
+        }
+
+        impl Counters {
+            /// Reads every counter.
+            pub fn snapshot(&self) -> Totals {
+                Totals {
+                    $($name: self.$name.load(Ordering::Relaxed),)*
+                }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Messages committed (stored or dead-lettered).
+    messages,
+    /// Rows written.
+    rows,
+    /// Messages stored as dead letters.
+    dead_letters,
+    /// Messages skipped because an earlier transaction had committed them.
+    duplicates,
+    /// Transactions committed.
+    batches,
+    /// Failed attempts to write a batch.
+    write_retries,
+    /// Series the cache missed and the database already had.
+    series_found,
+    /// Series created.
+    series_created,
+}
+
+impl Counters {
+    /// Counts a committed batch, and its messages' publish-to-commit latency.
+    pub fn record(&self, done: &Committed) {
+        let add = |counter: &AtomicU64, n: usize| counter.fetch_add(n as u64, Ordering::Relaxed);
+        add(&self.messages, done.messages);
+        add(&self.rows, done.rows);
+        add(&self.dead_letters, done.dead_letters);
+        add(&self.duplicates, done.duplicates);
+        add(&self.batches, 1);
+        add(&self.series_found, done.series_found);
+        add(&self.series_created, done.series_created);
+        let now_ns = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64);
+        for published in &done.published_ns {
+            self.latency.record_ns(now_ns - published);
+        }
+    }
+}
 
 /// Buckets of ~19% width from 1 µs to about 2.5 hours.
 const BUCKETS: usize = 128;
@@ -61,6 +130,34 @@ impl LatencyHistogram {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_snapshot_reads_what_was_recorded() {
+        let counters = Counters::default();
+        let done = Committed {
+            rows: 7,
+            messages: 3,
+            dead_letters: 1,
+            duplicates: 1,
+            series_created: 2,
+            ..Committed::default()
+        };
+        counters.record(&done);
+        counters.record(&done);
+        counters.write_retries.fetch_add(1, Ordering::Relaxed);
+        let totals = counters.snapshot();
+        let expected = Totals {
+            messages: 6,
+            rows: 14,
+            dead_letters: 2,
+            duplicates: 2,
+            batches: 2,
+            write_retries: 1,
+            series_found: 0,
+            series_created: 4,
+        };
+        assert_eq!(totals, expected);
+    }
 
     #[test]
     fn quantiles_are_within_a_bucket() {

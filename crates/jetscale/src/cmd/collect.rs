@@ -3,7 +3,6 @@
 use super::Global;
 use jetscale::config::units::parse_duration;
 use jetscale::pipeline::{self, Counters, RunOptions};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -74,8 +73,8 @@ pub async fn report_progress(counters: Arc<Counters>, every: Duration, series_ca
     let mut cache_watch = CacheWatch::default();
     loop {
         tick.tick().await;
-        let rows = counters.rows.load(Ordering::Relaxed);
-        let found = counters.series_found.load(Ordering::Relaxed);
+        let now = counters.snapshot();
+        let (rows, found) = (now.rows, now.series_found);
         let elapsed = last.0.elapsed().as_secs_f64().max(0.001);
         let rate = (rows - last.1) as f64 / elapsed;
         if cache_watch.thrashing(found - last.2, rows - last.1) {
@@ -90,13 +89,13 @@ pub async fn report_progress(counters: Arc<Counters>, every: Duration, series_ca
         }
         last = (Instant::now(), rows, found);
         tracing::info!(
-            messages = counters.messages.load(Ordering::Relaxed),
+            messages = now.messages,
             rows,
             rows_per_s = rate as u64,
-            dead_letters = counters.dead_letters.load(Ordering::Relaxed),
-            duplicates = counters.duplicates.load(Ordering::Relaxed),
-            retries = counters.write_retries.load(Ordering::Relaxed),
-            series_created = counters.series_created.load(Ordering::Relaxed),
+            dead_letters = now.dead_letters,
+            duplicates = now.duplicates,
+            retries = now.write_retries,
+            series_created = now.series_created,
             series_lookups = found,
             "progress"
         );

@@ -111,7 +111,8 @@ pub struct NatsReceiver {
     pub creds_file: Option<String>,
     /// jetscale: TLS.
     pub tls: Option<TlsFile>,
-    /// jetscale: republish dead letters to this subject as well as storing them.
+    /// jetscale: publish dead letters to this subject too, once stored (the table stays the
+    /// durable record); a subject outside the stream's.
     pub dead_letter_subject: Option<String>,
 }
 

@@ -24,7 +24,8 @@ pub struct Settings {
     pub batch: BatchSettings,
     pub resource: Vec<AttributeAction>,
     pub limits: Limits,
-    /// Subject dead letters are also republished to, if any.
+    /// Subject dead letters are also published to once committed, if any; never one the
+    /// stream's subjects capture.
     pub dead_letter_subject: Option<String>,
 }
 
@@ -541,6 +542,10 @@ pub fn resolve(file: &ConfigFile, overrides: &Overrides) -> Result<Settings, Con
         verify_device_subject: l.verify_device_subject.unwrap_or(d.verify_device_subject),
     };
 
+    if let Some(subject) = &nats.dead_letter_subject {
+        check_dead_letter_subject(subject, &stream.subjects)?;
+    }
+
     Ok(Settings {
         nats: nats_settings,
         stream,
@@ -552,6 +557,47 @@ pub fn resolve(file: &ConfigFile, overrides: &Overrides) -> Result<Settings, Con
         limits,
         dead_letter_subject: nats.dead_letter_subject.clone(),
     })
+}
+
+/// Checks `receivers.nats.dead_letter_subject`: a subject one can publish on (no wildcards)
+/// that none of the stream's subjects captures, or the collector would consume its own dead
+/// letters again, and dead-letter them again, for ever.
+pub fn check_dead_letter_subject(
+    subject: &str,
+    stream_subjects: &[String],
+) -> Result<(), ConfigError> {
+    let publishable = !subject.is_empty()
+        && subject
+            .split('.')
+            .all(jetscale_model::subject::is_valid_token);
+    if !publishable {
+        return Err(ConfigError::Resolve(format!(
+            "receivers.nats.dead_letter_subject `{subject}` is not a subject to publish on: dot-separated tokens, none empty, without wildcards or spaces"
+        )));
+    }
+    if let Some(capturing) = stream_subjects
+        .iter()
+        .find(|pattern| subject_matches(pattern, subject))
+    {
+        return Err(ConfigError::Resolve(format!(
+            "receivers.nats.dead_letter_subject `{subject}` is one of the stream's subjects (`{capturing}`): the collector would consume its own dead letters again. Use a subject outside the stream, e.g. `jetscale.dead_letters`"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether the subject `pattern` (`*` one token, a last `>` one or more) covers `subject`.
+fn subject_matches(pattern: &str, subject: &str) -> bool {
+    let mut tokens = subject.split('.');
+    for wanted in pattern.split('.') {
+        match (wanted, tokens.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(_)) => {}
+            (wanted, Some(token)) if wanted == token => {}
+            _ => return false,
+        }
+    }
+    tokens.next().is_none()
 }
 
 fn one_of(
@@ -755,6 +801,57 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("max_deliver"), "{err}");
+    }
+
+    #[test]
+    fn a_dead_letter_subject_the_stream_would_capture_is_refused() {
+        let load = |dead_letter_subject: &str| {
+            let text = format!(
+                "receivers:\n  nats:\n    dead_letter_subject: {dead_letter_subject}\n    jetstream:\n      stream_settings:\n        subjects: [\"telemetry.>\", \"devices.*.raw\"]\n"
+            );
+            let file = ConfigFile::parse(&text, Path::new("c.yaml"), &env).unwrap();
+            resolve(&file, &Overrides::default())
+        };
+        for captured in [
+            "telemetry.dead_letters",
+            "telemetry.a.b.c",
+            "devices.d1.raw",
+        ] {
+            let err = load(captured).unwrap_err().to_string();
+            assert!(
+                err.contains("dead_letter_subject") && err.contains("consume its own"),
+                "{captured}: {err}"
+            );
+        }
+        for outside in [
+            "jetscale.dead_letters",
+            "telemetry",
+            "devices.d1.raw.x",
+            "devices.raw",
+        ] {
+            let s = load(outside).unwrap();
+            assert_eq!(s.dead_letter_subject.as_deref(), Some(outside));
+        }
+        for unpublishable in ["dead.>", "dead.*.x", "dead..x", "\"dead x\""] {
+            let err = load(unpublishable).unwrap_err().to_string();
+            assert!(err.contains("not a subject to publish on"), "{err}");
+        }
+        assert!(resolve(&ConfigFile::default(), &Overrides::default())
+            .unwrap()
+            .dead_letter_subject
+            .is_none());
+    }
+
+    #[test]
+    fn subject_patterns_match_as_nats_does() {
+        assert!(subject_matches("telemetry.>", "telemetry.metrics.d1"));
+        assert!(!subject_matches("telemetry.>", "telemetry"));
+        assert!(subject_matches("a.*.c", "a.b.c"));
+        assert!(!subject_matches("a.*.c", "a.b.c.d"));
+        assert!(!subject_matches("a.*", "a"));
+        assert!(subject_matches("a.b", "a.b"));
+        assert!(!subject_matches("a.b", "a.bc"));
+        assert!(subject_matches(">", "anything.at.all"));
     }
 
     #[test]

@@ -72,8 +72,30 @@ pub struct DeadLetter {
     pub subject: String,
     pub headers: String,
     pub reason: String,
+    /// The first [`DEAD_LETTER_PAYLOAD_CAP`] bytes of the message.
     pub payload: Vec<u8>,
     pub payload_size: usize,
+}
+
+impl DeadLetter {
+    /// A dead letter keeping the first [`DEAD_LETTER_PAYLOAD_CAP`] bytes of `payload` and its
+    /// whole size; `headers` is a JSON object.
+    pub fn new(
+        stream_seq: u64,
+        subject: &str,
+        headers: String,
+        reason: String,
+        payload: &[u8],
+    ) -> Self {
+        DeadLetter {
+            stream_seq,
+            subject: subject.to_owned(),
+            headers,
+            reason,
+            payload: payload[..payload.len().min(DEAD_LETTER_PAYLOAD_CAP)].to_vec(),
+            payload_size: payload.len(),
+        }
+    }
 }
 
 /// Rows and deliveries bound for one transaction.
@@ -329,16 +351,14 @@ impl Batch {
     pub fn dead_letter(&mut self, msg: &Incoming<'_>, meta: Delivery<'_>, reason: &str) {
         self.by_seq.insert(meta.stream_seq, self.messages.len());
         let index = self.dead_letters.len();
-        self.dead_letters.push(DeadLetter {
-            stream_seq: meta.stream_seq,
-            subject: msg.subject.to_owned(),
-            headers: meta
-                .headers
+        self.dead_letters.push(DeadLetter::new(
+            meta.stream_seq,
+            msg.subject,
+            meta.headers
                 .map_or_else(|| "{}".to_owned(), headers_to_json),
-            reason: reason.to_owned(),
-            payload: msg.payload[..msg.payload.len().min(DEAD_LETTER_PAYLOAD_CAP)].to_vec(),
-            payload_size: msg.payload.len(),
-        });
+            reason.to_owned(),
+            msg.payload,
+        ));
         self.messages.push(MessageEntry {
             stream_seq: meta.stream_seq,
             rows: self.buffer_lens().map(|len| len..len),
@@ -351,6 +371,37 @@ impl Batch {
             subject: meta.subject,
             payload: meta.payload,
         });
+    }
+
+    /// Turns every message of the batch into a dead letter with `reason`, its rows dropped:
+    /// the database refused them (the writer isolates such a message in a batch of its own).
+    /// A message that was a dead letter already keeps its record with the new reason; the
+    /// headers of one that was not are no longer at hand and are stored as `{}`.
+    pub fn refuse_all(&mut self, reason: &str) {
+        for buffer in &mut self.buffers {
+            buffer.clear();
+        }
+        self.row_counts = [0; 4];
+        // The series of refused rows are not created: their placeholders went with the rows.
+        self.series_patches.clear();
+        for m in &mut self.messages {
+            m.rows = [0, 0, 0, 0].map(|z| z..z);
+            m.row_count = [0; 4];
+            m.patches = 0..0;
+            match m.dead_letter.and_then(|i| self.dead_letters.get_mut(i)) {
+                Some(d) => reason.clone_into(&mut d.reason),
+                None => {
+                    self.dead_letters.push(DeadLetter::new(
+                        m.stream_seq,
+                        &m.subject,
+                        "{}".into(),
+                        reason.to_owned(),
+                        &m.payload,
+                    ));
+                    m.dead_letter = Some(self.dead_letters.len() - 1);
+                }
+            }
+        }
     }
 
     /// A batch holding only the chosen messages (by index), for retrying part of a batch.
@@ -745,6 +796,38 @@ mod tests {
         assert!(batch.buffers[Table::Logs as usize].capacity() <= RETAINED_BYTES);
         assert_eq!(batch.buffers[Table::Metrics as usize].capacity(), kept);
         assert!(batch.buffers.iter().all(Vec::is_empty));
+    }
+
+    #[test]
+    fn a_refused_message_becomes_a_dead_letter_without_rows_or_series() {
+        let cache = Some(Arc::new(SeriesCache::new(1024)));
+        let mut batch = Batch::new(HOUR_US, 16).with_series(cache);
+        let body = payload("dev-1", 1_700_000_000_000_000_000);
+        add(&mut batch, 7, &body, "r.7").unwrap();
+        assert!(!batch.series_patches.is_empty());
+        batch.refuse_all("rejected by the database: value out of range (22003)");
+        assert_eq!(batch.size_in_rows(), 1, "the dead letter alone");
+        assert!(batch.buffers.iter().all(Vec::is_empty));
+        assert!(batch.series_patches.is_empty());
+        let dead = &batch.dead_letters[0];
+        assert_eq!((dead.stream_seq, dead.payload.as_slice()), (7, &body[..]));
+        assert_eq!(dead.payload_size, body.len());
+        assert_eq!(batch.messages[0].dead_letter, Some(0));
+
+        // A dead letter the database refused keeps its one record, with the new reason.
+        let mut poison = Batch::new(HOUR_US, 16);
+        let _ = add(&mut poison, 8, b"{not json", "r.8");
+        poison.refuse_all("rejected by the database: bad header (22P02)");
+        assert_eq!(poison.dead_letters.len(), 1);
+        assert!(poison.dead_letters[0].reason.contains("22P02"));
+    }
+
+    #[test]
+    fn dead_letters_keep_a_capped_copy_and_the_whole_size() {
+        let big = vec![b'x'; DEAD_LETTER_PAYLOAD_CAP + 10];
+        let dead = DeadLetter::new(1, "telemetry.x", "{}".into(), "why".into(), &big);
+        assert_eq!(dead.payload.len(), DEAD_LETTER_PAYLOAD_CAP);
+        assert_eq!(dead.payload_size, big.len());
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use super::schema::RelationNames;
 use super::StoreError;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use tokio_postgres::{Client, GenericClient};
 
 /// A stream's identity in the ledger: its name and creation time, so a recreated stream is
@@ -97,6 +97,33 @@ pub async fn register(
         )
         .await?;
     Ok(key)
+}
+
+/// Takes the session-level advisory lock that makes this the only collector of `consumer`
+/// (cumulative acks allow one per consumer); false if another session holds it.
+/// Safety does not rest on it (cumulative acks are proven, see `ack::Cumulative`); it turns
+/// a second collector, which would only stall both, into a clear error at start.
+pub async fn claim_consumer(
+    client: &Client,
+    stream: &str,
+    consumer: &str,
+) -> Result<bool, StoreError> {
+    let key = format!("jetscale ack_policy=all {stream}/{consumer}");
+    // A collector restarted right after being killed may find its predecessor's database
+    // session not yet ended: give it a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let row = client
+            .query_one("SELECT pg_try_advisory_lock(hashtext($1)::bigint)", &[&key])
+            .await?;
+        if row.get(0) {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 fn fmt_time(t: SystemTime) -> String {

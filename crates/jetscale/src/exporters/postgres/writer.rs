@@ -9,9 +9,11 @@ use super::schema::{Backend, RelationNames};
 use super::series::{SeriesCache, SeriesKey};
 use super::StoreError;
 use crate::config::MetricsLayout;
+use crate::decode::{Rejection, RejectionKind};
 use crate::exporters::postgres::batch::{Batch, DeadLetter, Table};
 use bytes::Bytes;
 use futures::SinkExt;
+use jetscale_sdk::backoff::Backoff;
 use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
@@ -34,6 +36,19 @@ pub struct Committed {
     pub series_found: usize,
     /// Series created.
     pub series_created: usize,
+    /// The dead letters this batch stored (not those an earlier transaction had), for
+    /// republishing; empty for a batch without any.
+    pub dead_lettered: Vec<Rejected>,
+}
+
+/// A message stored as a dead letter by a committed batch: its original bytes, where they
+/// came from, and why.
+#[derive(Debug, Clone)]
+pub struct Rejected {
+    pub stream_seq: u64,
+    pub subject: async_nats::Subject,
+    pub reason: String,
+    pub payload: Bytes,
 }
 
 impl Committed {
@@ -46,6 +61,7 @@ impl Committed {
         self.series_created += other.series_created;
         self.replies.extend(other.replies);
         self.published_ns.extend(other.published_ns);
+        self.dead_lettered.extend(other.dead_lettered);
     }
 }
 
@@ -89,7 +105,12 @@ pub struct Writer {
     session_ready: bool,
 }
 
-const MAX_LEDGER_RETRIES: usize = 8;
+const MAX_LEDGER_RETRIES: u32 = 8;
+
+/// Waits between attempts after a ledger conflict: short, as the other transaction has
+/// already committed, and jittered so two writers that collided do not collide again.
+const LEDGER_CONFLICT_BACKOFF: Backoff =
+    Backoff::new(Duration::from_millis(5), Duration::from_millis(40));
 
 impl Writer {
     pub fn new(
@@ -203,37 +224,9 @@ impl Writer {
                         Ok(done)
                     } else {
                         let mut single = batch.select(&[0]);
-                        let reason = format!("rejected by the database: {}", db_message(&e));
+                        let reason = Rejection::new(RejectionKind::Database, db_message(&e));
                         tracing::warn!(seq = single.messages.first().map(|m| m.stream_seq), %reason, "dead-lettering a message");
-                        for buffer in &mut single.buffers {
-                            buffer.clear();
-                        }
-                        single.row_counts = [0; 4];
-                        if let Some(m) = single.messages.first_mut() {
-                            m.rows = [0, 0, 0, 0].map(|z| z..z);
-                            m.row_count = [0; 4];
-                            match m.dead_letter {
-                                Some(i) => {
-                                    if let Some(d) = single.dead_letters.get_mut(i) {
-                                        d.reason = reason;
-                                    }
-                                }
-                                None => {
-                                    let cap = m.payload.len().min(
-                                        crate::exporters::postgres::batch::DEAD_LETTER_PAYLOAD_CAP,
-                                    );
-                                    single.dead_letters.push(DeadLetter {
-                                        stream_seq: m.stream_seq,
-                                        subject: m.subject.to_string(),
-                                        headers: "{}".into(),
-                                        reason,
-                                        payload: m.payload[..cap].to_vec(),
-                                        payload_size: m.payload.len(),
-                                    });
-                                    m.dead_letter = Some(single.dead_letters.len() - 1);
-                                }
-                            }
-                        }
+                        single.refuse_all(&reason.to_string());
                         self.write_once(&single).await
                     }
                 }
@@ -243,14 +236,13 @@ impl Writer {
     }
 
     async fn write_once(&mut self, batch: &Batch) -> Result<Committed, StoreError> {
-        let mut attempt = 0;
+        let mut retries = LEDGER_CONFLICT_BACKOFF.retries();
         loop {
             match self.transaction(batch).await {
-                Err(e) if e.is_ledger_conflict() && attempt < MAX_LEDGER_RETRIES => {
+                Err(e) if e.is_ledger_conflict() && retries.count() < MAX_LEDGER_RETRIES => {
                     // Another collector committed some of these messages a moment ago; the
                     // next attempt sees its ranges and skips them.
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(5 * attempt as u64)).await;
+                    tokio::time::sleep(retries.next_delay()).await;
                 }
                 other => return other,
             }
@@ -386,6 +378,21 @@ impl Writer {
         outcome.messages = work.messages.len();
         outcome.dead_letters = work.dead_letters.len();
         outcome.published_ns = work.messages.iter().map(|m| m.published_ns).collect();
+        if !work.dead_letters.is_empty() {
+            outcome.dead_lettered = work
+                .messages
+                .iter()
+                .filter_map(|m| {
+                    let dead = work.dead_letters.get(m.dead_letter?)?;
+                    Some(Rejected {
+                        stream_seq: m.stream_seq,
+                        subject: m.subject.clone(),
+                        reason: dead.reason.clone(),
+                        payload: m.payload.clone(),
+                    })
+                })
+                .collect();
+        }
         Ok(outcome)
     }
 }
