@@ -1,7 +1,7 @@
 //! Publishing against a real, private nats-server with JetStream: what lands in the stream,
 //! on which subject, with which headers, and what the stream deduplicates.
 
-use async_nats::jetstream::{self, stream::Stream};
+use async_nats::jetstream::{self, message::StreamMessage, stream::Stream};
 use jetscale_sdk::opentelemetry_proto::tonic::common::v1::{any_value, AnyValue};
 use jetscale_sdk::opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use jetscale_sdk::opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
@@ -77,7 +77,8 @@ impl Drop for NatsServer {
     }
 }
 
-/// The TELEMETRY stream of seed 001: `telemetry.>`, 5 s duplicate window.
+/// The TELEMETRY stream with the NATS-native service design's settings: `telemetry.>`, a 5 s
+/// duplicate window.
 async fn create_stream(client: &async_nats::Client) -> Stream {
     let js = jetstream::new(client.clone());
     let config = jetstream::stream::Config {
@@ -99,25 +100,57 @@ async fn create_stream(client: &async_nats::Client) -> Stream {
     }
 }
 
+/// A server of its own, a publisher connected to it with the default options, and the stream.
+async fn connected() -> (NatsServer, Publisher, Stream) {
+    let server = NatsServer::start();
+    let publisher = Publisher::connect(&server.url()).await.unwrap();
+    let stream = create_stream(publisher.client()).await;
+    (server, publisher, stream)
+}
+
 async fn stored_count(stream: &mut Stream) -> u64 {
     stream.info().await.expect("stream info").state.messages
 }
 
-async fn stored(stream: &Stream, sequence: u64) -> async_nats::jetstream::message::StreamMessage {
+async fn stored(stream: &Stream, sequence: u64) -> StreamMessage {
     stream
         .get_raw_message(sequence)
         .await
         .unwrap_or_else(|e| panic!("message {sequence}: {e}"))
 }
 
-fn header<'a>(
-    msg: &'a async_nats::jetstream::message::StreamMessage,
-    name: &str,
-) -> Option<&'a str> {
+const JSON: &str = "application/json";
+const PROTOBUF: &str = "application/x-protobuf";
+
+/// The stored message `sequence`, after checking its subject, its `Jetscale-Format` (`None`:
+/// no such header) and its `Content-Type`.
+async fn stored_as(
+    stream: &Stream,
+    sequence: u64,
+    subject: &str,
+    format: Option<&str>,
+    content_type: &str,
+) -> StreamMessage {
+    let msg = stored(stream, sequence).await;
+    assert_eq!(msg.subject.as_str(), subject, "message {sequence}");
+    assert_eq!(
+        header(&msg, "Jetscale-Format"),
+        format,
+        "message {sequence}"
+    );
+    assert_eq!(
+        header(&msg, "Content-Type"),
+        Some(content_type),
+        "message {sequence}"
+    );
+    msg
+}
+
+fn header<'a>(msg: &'a StreamMessage, name: &str) -> Option<&'a str> {
     msg.headers.get(name).map(|v| v.as_str())
 }
 
-fn json_of(msg: &async_nats::jetstream::message::StreamMessage) -> Value {
+fn json_of(msg: &StreamMessage) -> Value {
     serde_json::from_slice(&msg.payload).expect("JSON payload")
 }
 
@@ -129,45 +162,33 @@ fn string(value: &str) -> Option<AnyValue> {
 
 #[tokio::test]
 async fn every_record_lands_on_its_subject_with_its_headers_and_payload() {
-    let server = NatsServer::start();
-    let publisher = Publisher::connect(&server.url()).await.unwrap();
-    let mut stream = create_stream(publisher.client()).await;
+    let (_server, publisher, mut stream) = connected().await;
 
-    let span = FlatSpan {
-        trace_id: ids::trace_id(),
-        span_id: ids::span_id(),
-        parent_id: ids::span_id(),
-        name: "worker.executeTask".into(),
-        service: "worker".into(),
-        kind: "server".into(),
-        start_time: "2024-01-15T10:30:00Z".into(),
-        end_time: "2024-01-15T10:30:01.234Z".into(),
-        duration_ms: 1234.0,
-        status: "ok".into(),
-        attributes: [
-            ("run_id".to_owned(), json!("abc123")),
-            ("step_id".to_owned(), json!("build")),
-        ]
-        .into(),
-        events: vec![],
-        error: String::new(),
-    };
-    let metric = FlatMetric {
-        name: "step.duration_ms".into(),
-        kind: "histogram".into(),
-        value: 1234.0,
-        tags: [("task_type".to_owned(), json!("build"))].into(),
-        service: "worker".into(),
-        timestamp: "2024-01-15T10:30:01Z".into(),
-    };
-    let log = FlatLog {
-        level: "error".into(),
-        message: "task handler returned error, will retry".into(),
-        service: "engine".into(),
-        timestamp: "2024-01-15T10:30:01Z".into(),
-        fields: [("run_id".to_owned(), json!("abc123"))].into(),
-        error: "connection refused".into(),
-    };
+    // The flat records as the NATS-native service design writes them: each is published
+    // from the SDK's type and must be stored as exactly this JSON.
+    let (trace_id, span_id, parent_id) = (ids::trace_id(), ids::span_id(), ids::span_id());
+    let span_json = json!({
+        "trace_id": trace_id, "span_id": span_id, "parent_id": parent_id,
+        "name": "worker.executeTask", "service": "worker", "kind": "server",
+        "start_time": "2024-01-15T10:30:00Z", "end_time": "2024-01-15T10:30:01.234Z",
+        "duration_ms": 1234.0, "status": "ok",
+        "attributes": {"run_id": "abc123", "step_id": "build"}, "events": [], "error": ""
+    });
+    let metric_json = json!({"name": "step.duration_ms", "type": "histogram", "value": 1234.0,
+                             "tags": {"task_type": "build"}, "service": "worker",
+                             "timestamp": "2024-01-15T10:30:01Z"});
+    let log_json = json!({"level": "error", "message": "task handler returned error, will retry",
+                          "service": "engine", "timestamp": "2024-01-15T10:30:01Z",
+                          "fields": {"run_id": "abc123"}, "error": "connection refused"});
+    let span: FlatSpan = serde_json::from_value(span_json.clone()).unwrap();
+    let metric: FlatMetric = serde_json::from_value(metric_json.clone()).unwrap();
+    let log: FlatLog = serde_json::from_value(log_json.clone()).unwrap();
+    assert_eq!(
+        (span.trace_id.as_str(), span.duration_ms),
+        (trace_id.as_str(), 1234.0)
+    );
+    assert_eq!((metric.kind.as_str(), metric.value), ("histogram", 1234.0));
+    assert_eq!(log.error, "connection refused");
     let metrics_request: ExportMetricsServiceRequest =
         serde_json::from_str(&DeviceReading::new("sensor-002", 19.0, 55.5, 12.0).to_otlp_json())
             .unwrap();
@@ -232,89 +253,44 @@ async fn every_record_lands_on_its_subject_with_its_headers_and_payload() {
     }
     assert_eq!(stored_count(&mut stream).await, 7);
 
-    let msg = stored(&stream, 1).await;
-    assert_eq!(msg.subject.as_str(), "telemetry.spans.worker.abc123");
-    assert_eq!(header(&msg, "Jetscale-Format"), Some("flat-span"));
-    assert_eq!(header(&msg, "Content-Type"), Some("application/json"));
-    let msg_id = format!("{}.{}", span.trace_id, span.span_id);
+    let spans = "telemetry.spans.worker.abc123";
+    let msg = stored_as(&stream, 1, spans, Some("flat-span"), JSON).await;
+    let msg_id = format!("{trace_id}.{span_id}");
     assert_eq!(header(&msg, "Nats-Msg-Id"), Some(msg_id.as_str()));
-    assert_eq!(
-        json_of(&msg),
-        json!({
-            "trace_id": span.trace_id, "span_id": span.span_id, "parent_id": span.parent_id,
-            "name": "worker.executeTask", "service": "worker", "kind": "server",
-            "start_time": "2024-01-15T10:30:00Z", "end_time": "2024-01-15T10:30:01.234Z",
-            "duration_ms": 1234.0, "status": "ok",
-            "attributes": {"run_id": "abc123", "step_id": "build"}, "events": [], "error": ""
-        })
-    );
+    assert_eq!(json_of(&msg), span_json);
 
-    let msg = stored(&stream, 2).await;
-    assert_eq!(
-        msg.subject.as_str(),
-        "telemetry.metrics.worker.step.duration_ms"
-    );
-    assert_eq!(header(&msg, "Jetscale-Format"), Some("flat-metric"));
-    assert_eq!(header(&msg, "Content-Type"), Some("application/json"));
+    let metrics = "telemetry.metrics.worker.step.duration_ms";
+    let msg = stored_as(&stream, 2, metrics, Some("flat-metric"), JSON).await;
     assert_eq!(header(&msg, "Nats-Msg-Id").map(str::len), Some(32));
-    assert_eq!(
-        json_of(&msg),
-        json!({"name": "step.duration_ms", "type": "histogram", "value": 1234.0,
-               "tags": {"task_type": "build"}, "service": "worker",
-               "timestamp": "2024-01-15T10:30:01Z"})
-    );
+    assert_eq!(json_of(&msg), metric_json);
 
-    let msg = stored(&stream, 3).await;
-    assert_eq!(msg.subject.as_str(), "telemetry.logs.engine.error");
-    assert_eq!(header(&msg, "Jetscale-Format"), Some("flat-log"));
-    assert_eq!(header(&msg, "Content-Type"), Some("application/json"));
+    let logs = "telemetry.logs.engine.error";
+    let msg = stored_as(&stream, 3, logs, Some("flat-log"), JSON).await;
     assert_eq!(header(&msg, "Nats-Msg-Id").map(str::len), Some(32));
-    assert_eq!(
-        json_of(&msg),
-        json!({"level": "error", "message": "task handler returned error, will retry",
-               "service": "engine", "timestamp": "2024-01-15T10:30:01Z",
-               "fields": {"run_id": "abc123"}, "error": "connection refused"})
-    );
+    assert_eq!(json_of(&msg), log_json);
 
-    let msg = stored(&stream, 4).await;
-    assert_eq!(msg.subject.as_str(), "telemetry.metrics.sensor-002");
-    assert_eq!(
-        header(&msg, "Jetscale-Format"),
-        Some("otlp-proto;signal=metrics")
-    );
-    assert_eq!(header(&msg, "Content-Type"), Some("application/x-protobuf"));
+    let format = Some("otlp-proto;signal=metrics");
+    let msg = stored_as(&stream, 4, "telemetry.metrics.sensor-002", format, PROTOBUF).await;
     assert_eq!(
         ExportMetricsServiceRequest::decode(msg.payload.clone()).unwrap(),
         metrics_request
     );
 
-    let msg = stored(&stream, 5).await;
-    assert_eq!(msg.subject.as_str(), "telemetry.spans.worker.abc123");
-    assert_eq!(
-        header(&msg, "Jetscale-Format"),
-        Some("otlp-proto;signal=traces")
-    );
-    assert_eq!(header(&msg, "Content-Type"), Some("application/x-protobuf"));
+    let format = Some("otlp-proto;signal=traces");
+    let msg = stored_as(&stream, 5, spans, format, PROTOBUF).await;
     assert_eq!(
         ExportTraceServiceRequest::decode(msg.payload.clone()).unwrap(),
         traces_request
     );
 
-    let msg = stored(&stream, 6).await;
-    assert_eq!(msg.subject.as_str(), "telemetry.logs.engine.error");
-    assert_eq!(
-        header(&msg, "Jetscale-Format"),
-        Some("otlp-proto;signal=logs")
-    );
+    let format = Some("otlp-proto;signal=logs");
+    let msg = stored_as(&stream, 6, logs, format, PROTOBUF).await;
     assert_eq!(
         ExportLogsServiceRequest::decode(msg.payload.clone()).unwrap(),
         logs_request
     );
 
-    let msg = stored(&stream, 7).await;
-    assert_eq!(msg.subject.as_str(), "telemetry.metrics.sensor-001");
-    assert_eq!(header(&msg, "Content-Type"), Some("application/json"));
-    assert_eq!(header(&msg, "Jetscale-Format"), None);
+    let msg = stored_as(&stream, 7, "telemetry.metrics.sensor-001", None, JSON).await;
     assert_eq!(
         std::str::from_utf8(&msg.payload).unwrap(),
         reading.to_otlp_json()
@@ -323,9 +299,7 @@ async fn every_record_lands_on_its_subject_with_its_headers_and_payload() {
 
 #[tokio::test]
 async fn the_same_span_published_twice_is_stored_once() {
-    let server = NatsServer::start();
-    let publisher = Publisher::connect(&server.url()).await.unwrap();
-    let mut stream = create_stream(publisher.client()).await;
+    let (_server, publisher, mut stream) = connected().await;
 
     let span = FlatSpan {
         trace_id: ids::trace_id(),
@@ -488,9 +462,7 @@ async fn credentials_are_used_and_refusals_reported() {
 
 #[tokio::test]
 async fn the_tracing_layer_publishes_spans_with_children_and_events_as_logs() {
-    let server = NatsServer::start();
-    let publisher = Publisher::connect(&server.url()).await.unwrap();
-    let mut stream = create_stream(publisher.client()).await;
+    let (_server, publisher, mut stream) = connected().await;
 
     let layer = JetscaleLayer::new(publisher, "checkout");
     let handle = layer.handle();
@@ -562,9 +534,7 @@ mod example_service;
 
 #[tokio::test]
 async fn the_example_service_publishes_its_spans_logs_and_metrics() {
-    let server = NatsServer::start();
-    let publisher = Publisher::connect(&server.url()).await.unwrap();
-    let mut stream = create_stream(publisher.client()).await;
+    let (_server, publisher, mut stream) = connected().await;
 
     let layer = JetscaleLayer::new(publisher.clone(), "example-worker");
     let handle = layer.handle();

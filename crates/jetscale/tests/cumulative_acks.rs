@@ -1,40 +1,38 @@
 //! Cumulative acks (`ack_policy: all`) against real nats-server and PostgreSQL processes:
 //! one ack per committed run, and never one that covers a delivery not yet stored.
 
-mod common;
-
+use crate::support::{self, assert_stored_as_sent, Stack};
 use async_nats::jetstream::{self, consumer::AckPolicy};
 use futures::StreamExt;
 use jetscale::config::Settings;
 use std::time::{Duration, Instant};
 
-fn acking_all(nats_url: &str, db_url: &str) -> Settings {
-    let mut settings = common::settings(nats_url, db_url);
-    settings.consumer.ack_policy = jetscale::config::AckPolicy::All;
-    // Deliveries held elsewhere come back within seconds.
-    settings.consumer.ack_wait = Duration::from_secs(3);
-    settings
+async fn acking_all(label: &str) -> Stack {
+    support::stack_with(label, |settings| {
+        settings.consumer.ack_policy = jetscale::config::AckPolicy::All;
+        // Deliveries held elsewhere come back within seconds.
+        settings.consumer.ack_wait = Duration::from_secs(3);
+    })
+    .await
 }
 
-async fn consumer(
-    settings: &Settings,
-) -> jetstream::consumer::Consumer<jetstream::consumer::pull::Config> {
-    let client = async_nats::connect(&settings.nats.url).await.unwrap();
-    jetstream::new(client)
+/// The collector's durable pull consumer.
+type Durable = jetstream::consumer::Consumer<jetstream::consumer::pull::Config>;
+
+async fn consumer(settings: &Settings) -> Durable {
+    support::jetstream(&settings.nats.url)
+        .await
         .get_stream(&settings.stream.name)
         .await
-        .unwrap()
+        .expect("stream")
         .get_consumer(&settings.consumer.name)
         .await
-        .unwrap()
+        .expect("durable consumer")
 }
 
 /// Takes `count` deliveries from the consumer and never acks them, as a second collector
 /// that died would.
-async fn take_and_drop(
-    consumer: &jetstream::consumer::Consumer<jetstream::consumer::pull::Config>,
-    count: usize,
-) -> Vec<u64> {
+async fn take_and_drop(consumer: &Durable, count: usize) -> Vec<u64> {
     // `batch`, not `fetch`: a fetch returns at once with whatever is available; this waits
     // until `count` deliveries have come.
     let mut batch = consumer
@@ -43,10 +41,11 @@ async fn take_and_drop(
         .expires(Duration::from_secs(60))
         .messages()
         .await
-        .unwrap();
+        .expect("pull");
     let mut taken = Vec::new();
     while let Some(message) = batch.next().await {
-        taken.push(message.unwrap().info().unwrap().stream_sequence);
+        let message = message.expect("delivery");
+        taken.push(message.info().expect("delivery info").stream_sequence);
     }
     taken
 }
@@ -63,25 +62,11 @@ fn spawn_collector(
     })
 }
 
-/// Every point sent is stored, once, value for value.
-async fn assert_stored_once(db_url: &str, sent: &jetscale::simulate::Report, messages: usize) {
-    let db = common::db(db_url).await;
-    let mut stored = common::stored_points(&db, "iot_metrics").await;
-    let mut expected = common::sent_points(sent);
-    stored.sort();
-    expected.sort();
-    assert_eq!(stored.len(), 3 * messages);
-    assert_eq!(stored, expected, "every value stored, none twice");
-}
-
 /// Waits until the consumer has delivered and had acked everything up to `last`.
-async fn wait_all_acked(
-    consumer: &mut jetstream::consumer::Consumer<jetstream::consumer::pull::Config>,
-    last: u64,
-) {
+async fn wait_all_acked(consumer: &mut Durable, last: u64) {
     let since = Instant::now();
     loop {
-        let info = consumer.info().await.unwrap();
+        let info = consumer.info().await.expect("consumer info");
         if info.ack_floor.stream_sequence >= last && info.num_ack_pending == 0 {
             return;
         }
@@ -98,44 +83,44 @@ async fn wait_all_acked(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_collector_acking_cumulatively_stores_everything_once() {
-    let nats = common::nats().await;
-    let db_url = common::fresh_database("ack_all").await;
-    let settings = acking_all(&nats.server.url(), &db_url);
-    common::provision_stream(&settings).await;
-    let mut consumer = consumer(&settings).await;
+    let stack = acking_all("ack_all").await;
+    let mut consumer = consumer(&stack.settings).await;
     assert_eq!(
-        consumer.info().await.unwrap().config.ack_policy,
+        consumer
+            .info()
+            .await
+            .expect("consumer info")
+            .config
+            .ack_policy,
         AckPolicy::All
     );
 
-    let sent = common::simulate(&nats.server.url(), 300, 5).await;
-    let report = common::collect_until_idle(&settings).await;
+    let sent = stack.simulate(300, 5).await;
+    let report = stack.collect().await;
     assert_eq!(report.messages, 1500);
 
-    assert_stored_once(&db_url, &sent, 1500).await;
+    let stored = assert_stored_as_sent(&stack.db().await, &[&sent]).await;
+    assert_eq!(stored, 3 * 1500);
 
-    let info = consumer.info().await.unwrap();
+    let info = consumer.info().await.expect("consumer info");
     assert_eq!(info.num_ack_pending, 0);
     assert_eq!(info.ack_floor.stream_sequence, 1500);
-    assert_eq!(common::collect_until_idle(&settings).await.messages, 0);
+    assert_eq!(stack.collect().await.messages, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliveries_held_elsewhere_are_stored_before_a_cumulative_ack_covers_them() {
-    let nats = common::nats().await;
-    let db_url = common::fresh_database("ack_all_gaps").await;
-    let settings = acking_all(&nats.server.url(), &db_url);
-    common::provision_stream(&settings).await;
-    let consumer = consumer(&settings).await;
+    let stack = acking_all("ack_all_gaps").await;
+    let consumer = consumer(&stack.settings).await;
 
     // Before the collector starts: 5 of the first 500 deliveries are held by a client that
     // will never ack them (a collector that died).
-    let mut sent = common::simulate(&nats.server.url(), 100, 5).await;
+    let sent = stack.simulate(100, 5).await;
     let before = take_and_drop(&consumer, 5).await;
     assert_eq!(before, [1, 2, 3, 4, 5]);
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let collector = spawn_collector(&settings, stopped);
+    let collector = spawn_collector(&stack.settings, stopped);
     let mut consumer = consumer;
     wait_all_acked(&mut consumer, 500).await;
 
@@ -147,9 +132,8 @@ async fn deliveries_held_elsewhere_are_stored_before_a_cumulative_ack_covers_the
         tokio::spawn(async move { take_and_drop(&consumer, 7).await })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let more = common::simulate(&nats.server.url(), 600, 5).await;
-    sent.sent.extend(more.sent);
-    let during = thief.await.unwrap();
+    let more = stack.simulate(600, 5).await;
+    let during = thief.await.expect("the thief's task");
     assert_eq!(during.len(), 7);
     assert!(
         during.iter().all(|seq| *seq > 500 && *seq < 3500),
@@ -159,27 +143,30 @@ async fn deliveries_held_elsewhere_are_stored_before_a_cumulative_ack_covers_the
     // Everything ends up acked: the held deliveries came back after ack_wait and were
     // stored; a cumulative ack sent before that would have acked them unstored.
     wait_all_acked(&mut consumer, 3500).await;
-    stop.send(true).unwrap();
+    stop.send(true).expect("stop the collector");
     collector
         .await
-        .unwrap()
+        .expect("the collector's task")
         .expect("collector ran without error");
 
-    assert_stored_once(&db_url, &sent, 3500).await;
+    let stored = assert_stored_as_sent(&stack.db().await, &[&sent, &more]).await;
+    assert_eq!(stored, 3 * 3500);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_collector_on_a_cumulative_consumer_is_refused() {
-    let nats = common::nats().await;
-    let db_url = common::fresh_database("ack_all_two").await;
-    let settings = acking_all(&nats.server.url(), &db_url);
-    common::provision_stream(&settings).await;
+    let stack = acking_all("ack_all_two").await;
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let first = spawn_collector(&settings, stopped.clone());
+    let first = spawn_collector(&stack.settings, stopped.clone());
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let second =
-        jetscale::pipeline::run(&settings, &Default::default(), Default::default(), stopped).await;
+    let second = jetscale::pipeline::run(
+        &stack.settings,
+        &Default::default(),
+        Default::default(),
+        stopped,
+    )
+    .await;
     let error = second
         .expect_err("a second collector must not start")
         .to_string();
@@ -187,18 +174,18 @@ async fn a_second_collector_on_a_cumulative_consumer_is_refused() {
         error.contains("one collector per consumer"),
         "the error says why: {error}"
     );
-    stop.send(true).unwrap();
-    first.await.unwrap().expect("the first collector ran on");
+    stop.send(true).expect("stop the collector");
+    first
+        .await
+        .expect("the first collector's task")
+        .expect("the first collector ran on");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_with_the_other_ack_policy_is_refused_with_the_way_out() {
-    let nats = common::nats().await;
-    let db_url = common::fresh_database("ack_all_mismatch").await;
-    let settings = acking_all(&nats.server.url(), &db_url);
-    common::provision_stream(&settings).await;
+    let stack = acking_all("ack_all_mismatch").await;
 
-    let mut explicit = settings.clone();
+    let mut explicit = stack.settings.clone();
     explicit.consumer.ack_policy = jetscale::config::AckPolicy::Explicit;
     let (_stop, stopped) = tokio::sync::watch::channel(false);
     let error =

@@ -1,11 +1,15 @@
 //! The two storage layouts of metric points against real nats-server and PostgreSQL: the
-//! series layout (narrow points, one row per series, `iot_metrics` a view) and the seed's
-//! wide table, each value for value, and the refusal to write one over the other.
+//! series layout (narrow points, one row per series, `iot_metrics` a view) and the IoT
+//! pipeline design's wide table, each value for value, and the refusal to write one over the
+//! other.
 
-mod common;
-
+use crate::support::{
+    self, assert_stored_as_sent, count, count_rows, publish, query, reading, texts,
+};
 use jetscale::config::MetricsLayout;
+use jetscale::exporters::postgres::maintenance::{index_closed_partitions, INDEX_AFTER_CLOSE};
 use jetscale::exporters::postgres::query::SEED_ANOMALY_SQL;
+use jetscale::exporters::postgres::schema::{self, RelationNames};
 
 async fn relkind(db: &tokio_postgres::Client, relation: &str) -> Option<String> {
     db.query_opt(
@@ -13,26 +17,8 @@ async fn relkind(db: &tokio_postgres::Client, relation: &str) -> Option<String> 
         &[&relation],
     )
     .await
-    .unwrap()
+    .expect("relkind")
     .map(|r| r.get(0))
-}
-
-async fn count(db: &tokio_postgres::Client, sql: &str) -> i64 {
-    db.query_one(sql, &[]).await.unwrap().get(0)
-}
-
-/// The first column of every row `sql` returns, as text.
-async fn texts(
-    db: &tokio_postgres::Client,
-    sql: &str,
-    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-) -> Vec<String> {
-    db.query(sql, params)
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
 }
 
 async fn index_defs(db: &tokio_postgres::Client, table: &str) -> Vec<String> {
@@ -61,60 +47,30 @@ async fn partitions_with_rows(db: &tokio_postgres::Client) -> Vec<(String, Vec<S
     out
 }
 
-/// One device's reading of `device.temperature` at `time_ns`, as OTLP JSON.
-fn reading_at(device: &str, time_ns: i64, value: f64) -> String {
-    format!(
-        r#"{{"resourceMetrics":[{{"resource":{{"attributes":[{{"key":"device.id","value":{{"stringValue":"{device}"}}}},{{"key":"device.location","value":{{"stringValue":"lab"}}}}]}},"scopeMetrics":[{{"metrics":[{{"name":"device.temperature","unit":"Cel","gauge":{{"dataPoints":[{{"timeUnixNano":"{time_ns}","asDouble":{value}}}]}}}}]}}]}}]}}"#
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn points_partitions_are_indexed_once_they_have_closed() {
-    let nats = common::nats().await;
-    let db_url = common::fresh_database("index_on_close").await;
-    let settings = common::settings(&nats.server.url(), &db_url);
-    assert!(!settings.store.index_open_partitions, "the default");
-    common::provision_stream(&settings).await;
+    let stack = support::stack("index_on_close").await;
+    assert!(!stack.settings.store.index_open_partitions, "the default");
 
     // A device that was offline sends a reading from three hours ago (a closed hour) while
     // the fleet sends current ones (the open hour).
-    let now_ns = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as i64;
-    let three_hours_ago = now_ns - 3 * 3600 * 1_000_000_000;
-    let js = async_nats::jetstream::new(async_nats::connect(nats.server.url()).await.unwrap());
-    js.publish(
-        "telemetry.metrics.late-1",
-        reading_at("late-1", three_hours_ago, 41.5).into(),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
-    common::simulate(&nats.server.url(), 50, 1).await;
-    let report = common::collect_until_idle(&settings).await;
-    assert_eq!(report.messages, 51);
+    let three_hours_ago = support::now_ns() - 3 * 3600 * 1_000_000_000;
+    let js = stack.js().await;
+    let late = "telemetry.metrics.late-1";
+    publish(&js, late, &[], reading("late-1", three_hours_ago, 41.5)).await;
+    stack.simulate(50, 1).await;
+    assert_eq!(stack.collect().await.messages, 51);
 
-    let db = common::db(&db_url).await;
+    let db = stack.db().await;
     assert!(
         index_defs(&db, "iot_metrics_points").await.is_empty(),
         "no index on the parent"
     );
     // What the collector's maintenance does every round, until nothing is left to do.
-    let names = jetscale::exporters::postgres::schema::RelationNames::new(&settings.store);
-    let closed_before = std::time::SystemTime::now()
-        - jetscale::exporters::postgres::maintenance::INDEX_AFTER_CLOSE;
-    while jetscale::exporters::postgres::maintenance::index_closed_partitions(
-        &db,
-        &names,
-        closed_before,
-        1,
-    )
-    .await
-    .unwrap()
-        > 0
-    {}
+    let names = RelationNames::new(&stack.settings.store);
+    let closed_before = std::time::SystemTime::now() - INDEX_AFTER_CLOSE;
+    let index_closed = |limit| index_closed_partitions(&db, &names, closed_before, limit);
+    while index_closed(1).await.expect("index closed partitions") > 0 {}
 
     let partitions = partitions_with_rows(&db).await;
     assert!(partitions.len() >= 2, "{partitions:?}");
@@ -134,34 +90,20 @@ async fn points_partitions_are_indexed_once_they_have_closed() {
         "the open partition {open} takes rows unindexed: {open_defs:?}"
     );
     // Built once: another round finds nothing to do.
-    assert_eq!(
-        jetscale::exporters::postgres::maintenance::index_closed_partitions(
-            &db,
-            &names,
-            closed_before,
-            10
-        )
-        .await
-        .unwrap(),
-        0
-    );
+    assert_eq!(index_closed(10).await.expect("index closed partitions"), 0);
 
     // The closed hour answers through its index; a row arriving late still lands in it.
-    js.publish(
-        "telemetry.metrics.late-1",
-        reading_at("late-1", three_hours_ago + 10_000_000_000, 42.5).into(),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
-    assert_eq!(common::collect_until_idle(&settings).await.messages, 1);
+    let ten_seconds_later = three_hours_ago + 10_000_000_000;
+    publish(&js, late, &[], reading("late-1", ten_seconds_later, 42.5)).await;
+    assert_eq!(stack.collect().await.messages, 1);
     let device_sql = format!(
         "SELECT count(*) FROM iot_metrics WHERE device_id = 'late-1' AND time <= to_timestamp({})",
         (three_hours_ago + 60_000_000_000) / 1_000_000_000
     );
     assert_eq!(count(&db, &device_sql).await, 2);
-    db.batch_execute("SET enable_seqscan = off").await.unwrap();
+    db.batch_execute("SET enable_seqscan = off")
+        .await
+        .expect("no sequential scans");
     let plan = texts(&db, &format!("EXPLAIN {device_sql}"), &[]).await;
     assert!(
         plan.iter().any(
@@ -173,19 +115,19 @@ async fn points_partitions_are_indexed_once_they_have_closed() {
 
     // Turned on, the parent's index adopts the partitions' own instead of building twice;
     // turned off again, the parent's index is kept and setup says how to drop it.
-    let mut on = settings.clone();
+    let mut on = stack.settings.clone();
     on.store.index_open_partitions = true;
-    let mut admin = common::db(&db_url).await;
-    jetscale::exporters::postgres::schema::migrate(&mut admin, &on.store)
+    let mut admin = stack.db().await;
+    schema::migrate(&mut admin, &on.store)
         .await
-        .unwrap();
+        .expect("migrate with index_open_partitions");
     assert_eq!(index_defs(&db, "iot_metrics_points").await.len(), 1);
     for (partition, defs) in partitions_with_rows(&db).await {
         assert_eq!(defs.len(), 1, "{partition}: {defs:?}");
     }
-    let report = jetscale::exporters::postgres::schema::migrate(&mut admin, &settings.store)
+    let report = schema::migrate(&mut admin, &stack.settings.store)
         .await
-        .unwrap();
+        .expect("migrate without index_open_partitions");
     assert!(
         report.notes.iter().any(|n| n.contains("DROP INDEX")),
         "{:?}",
@@ -196,15 +138,14 @@ async fn points_partitions_are_indexed_once_they_have_closed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn index_open_partitions_keeps_the_index_on_the_parent() {
-    let nats = common::nats().await;
-    let db_url = common::fresh_database("index_on_insert").await;
-    let mut settings = common::settings(&nats.server.url(), &db_url);
-    settings.store.index_open_partitions = true;
-    common::provision_stream(&settings).await;
-    common::simulate(&nats.server.url(), 50, 1).await;
-    assert_eq!(common::collect_until_idle(&settings).await.messages, 50);
+    let stack = support::stack_with("index_on_insert", |s| {
+        s.store.index_open_partitions = true;
+    })
+    .await;
+    stack.simulate(50, 1).await;
+    assert_eq!(stack.collect().await.messages, 50);
 
-    let db = common::db(&db_url).await;
+    let db = stack.db().await;
     let parent = index_defs(&db, "iot_metrics_points").await;
     assert_eq!(parent.len(), 1, "{parent:?}");
     assert!(
@@ -218,21 +159,18 @@ async fn index_open_partitions_keeps_the_index_on_the_parent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_collector_finds_its_fleet_in_the_warmed_cache() {
-    let nats = common::nats().await;
-    let db_url = common::fresh_database("series_warm").await;
-    let settings = common::settings(&nats.server.url(), &db_url);
-    common::provision_stream(&settings).await;
+    let stack = support::stack("series_warm").await;
 
-    common::simulate(&nats.server.url(), 300, 1).await;
-    let first = common::collect_until_idle(&settings).await;
+    stack.simulate(300, 1).await;
+    let first = stack.collect().await;
     assert_eq!(first.messages, 300);
     assert_eq!(first.series_created, 900, "300 devices x 3 metrics");
     assert_eq!(first.series_found, 0);
 
     // A new process: its cache is loaded from the series table at start, so the fleet's
     // next round costs no lookup in the database.
-    common::simulate(&nats.server.url(), 300, 1).await;
-    let second = common::collect_until_idle(&settings).await;
+    stack.simulate(300, 1).await;
+    let second = stack.collect().await;
     assert_eq!(second.messages, 300);
     assert_eq!(second.series_created, 0);
     assert_eq!(
@@ -243,52 +181,37 @@ async fn a_restarted_collector_finds_its_fleet_in_the_warmed_cache() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn series_are_stored_once_and_shared_by_collectors_with_small_caches() {
-    let nats = common::nats().await;
-    let db_url = common::fresh_database("series").await;
-    let mut settings = common::settings(&nats.server.url(), &db_url);
     // 1,500 series through a cache of 1,024: ids are evicted and looked up again.
-    settings.store.series_cache = 1024;
-    common::provision_stream(&settings).await;
+    let stack = support::stack_with("series", |s| s.store.series_cache = 1024).await;
 
-    let first = common::simulate(&nats.server.url(), 500, 2).await;
+    let first = stack.simulate(500, 2).await;
     // Two collectors with empty caches on one consumer create the same series at once.
-    let (a, b) = tokio::join!(
-        common::collect_until_idle(&settings),
-        common::collect_until_idle(&settings)
-    );
+    let (a, b) = tokio::join!(stack.collect(), stack.collect());
     assert_eq!(a.messages + b.messages, 1000);
-    let db = common::db(&db_url).await;
+    let db = stack.db().await;
     assert_eq!(relkind(&db, "iot_metrics").await.as_deref(), Some("v"));
     assert_eq!(
         relkind(&db, "iot_metrics_points").await.as_deref(),
         Some("p")
     );
     assert_eq!(
-        count(&db, "SELECT count(*) FROM iot_metrics_series").await,
+        count_rows(&db, "iot_metrics_series").await,
         1500,
         "500 devices x 3 metrics, each series once"
     );
 
     // The same devices again, collected by a fresh process: the series are found, not
     // created again.
-    let second = common::simulate(&nats.server.url(), 500, 1).await;
-    let again = common::collect_until_idle(&settings).await;
+    let second = stack.simulate(500, 1).await;
+    let again = stack.collect().await;
     assert_eq!(again.messages, 500);
-    assert_eq!(
-        count(&db, "SELECT count(*) FROM iot_metrics_series").await,
-        1500
-    );
+    assert_eq!(count_rows(&db, "iot_metrics_series").await, 1500);
 
-    let mut stored = common::stored_points(&db, "iot_metrics").await;
-    let mut expected = common::sent_points(&first);
-    expected.extend(common::sent_points(&second));
-    stored.sort();
-    expected.sort();
-    assert_eq!(stored.len(), 4500);
-    assert_eq!(stored, expected, "every value once, bit for bit");
+    let stored = assert_stored_as_sent(&db, &[&first, &second]).await;
+    assert_eq!(stored, 4500);
 
     // Every point belongs to a series; the points table has no index of its own (its
-    // partitions get one when they close: the test below).
+    // partitions get one when they close: the test above).
     assert_eq!(
         count(
             &db,
@@ -299,33 +222,25 @@ async fn series_are_stored_once_and_shared_by_collectors_with_small_caches() {
     );
     assert!(index_defs(&db, "iot_metrics_points").await.is_empty());
 
-    // The seed's query plans through the view and answers.
-    let rows = db.query(SEED_ANOMALY_SQL, &[]).await;
-    assert!(rows.is_ok(), "{rows:?}");
-    let hot: i64 = db
-        .query_one(
-            "SELECT count(*) FROM (SELECT device_id FROM iot_metrics WHERE metric_name = 'device.temperature'
-               AND time > now() - INTERVAL '1 hour' GROUP BY device_id, location HAVING avg(value) > 35.0) t",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(rows.unwrap().len() as i64, hot);
+    // The IoT pipeline design's anomaly query plans through the view and answers.
+    let rows = query(&db, SEED_ANOMALY_SQL).await;
+    let hot = count(
+        &db,
+        "SELECT count(*) FROM (SELECT device_id FROM iot_metrics WHERE metric_name = 'device.temperature'
+           AND time > now() - INTERVAL '1 hour' GROUP BY device_id, location HAVING avg(value) > 35.0) t",
+    )
+    .await;
+    assert_eq!(rows.len() as i64, hot);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_wide_layout_is_the_seeds_table_value_for_value() {
-    let nats = common::nats().await;
-    let db_url = common::fresh_database("wide").await;
-    let mut settings = common::settings(&nats.server.url(), &db_url);
-    settings.store.layout = MetricsLayout::Wide;
-    common::provision_stream(&settings).await;
+    let stack = support::stack_with("wide", |s| s.store.layout = MetricsLayout::Wide).await;
 
-    let sent = common::simulate(&nats.server.url(), 100, 3).await;
-    let report = common::collect_until_idle(&settings).await;
+    let sent = stack.simulate(100, 3).await;
+    let report = stack.collect().await;
     assert_eq!(report.rows, 900);
-    let db = common::db(&db_url).await;
+    let db = stack.db().await;
     assert_eq!(relkind(&db, "iot_metrics").await.as_deref(), Some("p"));
     assert_eq!(relkind(&db, "iot_metrics_series").await, None);
     let mut indexes = texts(
@@ -337,49 +252,46 @@ async fn the_wide_layout_is_the_seeds_table_value_for_value() {
     indexes.sort();
     assert_eq!(indexes, ["idx_device_time", "idx_location_metric"]);
 
-    let mut stored = common::stored_points(&db, "iot_metrics").await;
-    let mut expected = common::sent_points(&sent);
-    stored.sort();
-    expected.sort();
-    assert_eq!(stored, expected);
+    assert_stored_as_sent(&db, &[&sent]).await;
 
-    // The hourly relation answers like the seed's aggregate over the wide table too.
+    // The hourly relation answers like the IoT pipeline design's aggregate over the wide
+    // table too.
     let from_view = "SELECT device_id, metric_name, sample_count, min_value, max_value
                      FROM iot_metrics_hourly ORDER BY bucket, device_id, location, metric_name";
     let from_raw = "SELECT device_id, metric_name, count(*), min(value), max(value) FROM iot_metrics
                     GROUP BY time_bucket('1 hour', time), device_id, location, metric_name ORDER BY time_bucket('1 hour', time), device_id, location, metric_name";
-    let summary = |rows: Vec<tokio_postgres::Row>| -> Vec<(String, String, i64, f64, f64)> {
-        rows.iter()
+    let client = &db;
+    let summary = |sql: &'static str| async move {
+        query(client, sql)
+            .await
+            .iter()
             .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
-            .collect()
+            .collect::<Vec<(String, String, i64, f64, f64)>>()
     };
-    assert_eq!(
-        summary(db.query(from_view, &[]).await.unwrap()),
-        summary(db.query(from_raw, &[]).await.unwrap())
-    );
+    assert_eq!(summary(from_view).await, summary(from_raw).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_layout_is_never_written_over_the_other() {
-    let db_url = common::fresh_database("switch").await;
-    let mut settings = common::settings("nats://127.0.0.1:1", &db_url);
-    let mut client = common::db(&db_url).await;
-    jetscale::exporters::postgres::schema::migrate(&mut client, &settings.store)
+    let db_url = support::fresh_database("switch").await;
+    let mut settings = support::settings("nats://127.0.0.1:1", &db_url);
+    let mut client = support::db(&db_url).await;
+    schema::migrate(&mut client, &settings.store)
         .await
         .expect("series layout");
 
     settings.store.layout = MetricsLayout::Wide;
-    let refused = jetscale::exporters::postgres::schema::migrate(&mut client, &settings.store)
+    let refused = schema::migrate(&mut client, &settings.store)
         .await
         .expect_err("wide over series is refused");
     assert!(refused.to_string().contains("layout: series"), "{refused}");
 
     settings.store.metrics_table = "plain_metrics".into();
-    jetscale::exporters::postgres::schema::migrate(&mut client, &settings.store)
+    schema::migrate(&mut client, &settings.store)
         .await
         .expect("a wide table of another name");
     settings.store.layout = MetricsLayout::Series;
-    let refused = jetscale::exporters::postgres::schema::migrate(&mut client, &settings.store)
+    let refused = schema::migrate(&mut client, &settings.store)
         .await
         .expect_err("series over wide is refused");
     assert!(refused.to_string().contains("layout: wide"), "{refused}");

@@ -1,15 +1,16 @@
 //! Property tests (proptest) of the codecs, in the normal suite: records written by one side
 //! and decoded by jetscale come back identical, values bit for bit, for OTLP/JSON (the
-//! simulator's payload writer), OTLP protobuf and seed 001's flat JSON; attribute values
-//! render to JSON that parses back to what was sent; and no input makes a decoder panic.
+//! simulator's payload writer), OTLP protobuf and the NATS-native service design's flat JSON;
+//! attribute values render to JSON that parses back to what was sent; and no input makes a
+//! decoder panic.
 //! The fuzz targets (fuzz/, see docs/security.md) explore the same entry point further.
 
+use crate::support::now_ns;
 use jetscale::config::{Encoding, Limits};
 use jetscale::decode::{self, DecodeContext, Incoming, RecordSink, Rejection};
 use jetscale_model::{DistributionPoint, LogRecord, MetricPoint, SpanRecord};
 use proptest::prelude::*;
 use serde_json::{json, Value};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A decoded metric point, owned.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,12 +56,6 @@ impl RecordSink for Collect {
         self.others += 1;
         Ok(())
     }
-}
-
-fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i64)
 }
 
 fn run(
@@ -203,7 +198,7 @@ proptest! {
         }
     }
 
-    /// Seed 001's flat metric point: value bit for bit, names and tags as sent.
+    /// The NATS-native service design's flat metric point: value bit for bit, names and tags as sent.
     #[test]
     fn flat_metric_round_trip(
         service in text(24),

@@ -2,77 +2,64 @@
 //! last sequence is below what was committed, stops the collector with an explanation
 //! instead of silently skipping new messages as duplicates.
 
-mod common;
-
+use crate::support::{self, count_rows, provision_stream, run_collector};
+use jetscale::config::Settings;
+use jetscale::pipeline::{RunOptions, RunReport};
 use std::time::Duration;
 
-async fn run(
-    settings: &jetscale::config::Settings,
-    accept_new_stream: bool,
-) -> Result<jetscale::pipeline::RunReport, String> {
-    let (_tx, rx) = tokio::sync::watch::channel(false);
-    let options = jetscale::pipeline::RunOptions {
+async fn run(settings: &Settings, accept_new_stream: bool) -> Result<RunReport, String> {
+    let options = RunOptions {
         exit_when_idle: Some(Duration::from_millis(1000)),
         accept_new_stream,
         ..Default::default()
     };
-    tokio::time::timeout(
-        Duration::from_secs(60),
-        jetscale::pipeline::run(settings, &options, Default::default(), rx),
-    )
-    .await
-    .map_err(|_| "timed out".to_owned())?
-    .map_err(|e| e.to_string())
+    run_collector(settings, &options, Duration::from_secs(60))
+        .await
+        .map_err(|e| e.to_string())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recreated_stream_stops_the_collector_until_accepted() {
-    let nats = common::nats().await;
-    let db_url = common::fresh_database("recreated").await;
-    let settings = common::settings(&nats.server.url(), &db_url);
-    common::provision_stream(&settings).await;
-    common::simulate(&nats.server.url(), 10, 3).await;
-    assert_eq!(run(&settings, false).await.unwrap().messages, 30);
+    let stack = support::stack("recreated").await;
+    stack.simulate(10, 3).await;
+    let first = run(&stack.settings, false).await.expect("first run");
+    assert_eq!(first.messages, 30);
 
     // Delete and recreate the stream: its sequences start at 1 again.
-    let client = async_nats::connect(nats.server.url()).await.unwrap();
-    let js = async_nats::jetstream::new(client);
-    js.delete_stream("TELEMETRY").await.unwrap();
-    common::provision_stream(&settings).await;
-    common::simulate(&nats.server.url(), 10, 2).await;
+    let js = stack.js().await;
+    js.delete_stream("TELEMETRY").await.expect("delete stream");
+    provision_stream(&stack.settings).await;
+    stack.simulate(10, 2).await;
 
-    let err = run(&settings, false).await.unwrap_err();
+    let err = run(&stack.settings, false)
+        .await
+        .expect_err("a recreated stream stops the collector");
     assert!(err.contains("was recreated"), "{err}");
     assert!(err.contains("--accept-new-stream"), "{err}");
 
     // Accepted: the new stream's messages are stored, none skipped as duplicates of the old.
-    let report = run(&settings, true).await.unwrap();
+    let report = run(&stack.settings, true).await.expect("accepted run");
     assert_eq!(report.messages, 20);
     assert_eq!(report.duplicates, 0);
-    let db = common::db(&db_url).await;
-    let n: i64 = db
-        .query_one("SELECT count(*) FROM iot_metrics", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(n, 150);
+    assert_eq!(count_rows(&stack.db().await, "iot_metrics").await, 150);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_that_went_backwards_stops_the_collector() {
-    let nats = common::nats().await;
-    let db_url = common::fresh_database("backwards").await;
-    let settings = common::settings(&nats.server.url(), &db_url);
-    common::provision_stream(&settings).await;
-    common::simulate(&nats.server.url(), 5, 2).await;
-    run(&settings, false).await.unwrap();
+    let stack = support::stack("backwards").await;
+    stack.simulate(5, 2).await;
+    run(&stack.settings, false).await.expect("first run");
     // What a restored backup looks like from here: the ledger holds sequences the stream
     // never reached.
-    let db = common::db(&db_url).await;
-    db.batch_execute("INSERT INTO jetscale_ledger (stream_key, seqs) SELECT stream_key, int8range(100, 200) FROM jetscale_streams")
+    stack
+        .db()
         .await
-        .unwrap();
-    let err = run(&settings, false).await.unwrap_err();
+        .batch_execute("INSERT INTO jetscale_ledger (stream_key, seqs) SELECT stream_key, int8range(100, 200) FROM jetscale_streams")
+        .await
+        .expect("ledger beyond the stream");
+    let err = run(&stack.settings, false)
+        .await
+        .expect_err("a stream behind the ledger stops the collector");
     assert!(err.contains("went backwards"), "{err}");
     assert!(err.contains("199"), "{err}");
 }

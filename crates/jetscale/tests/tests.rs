@@ -1,0 +1,17 @@
+//! The integration tests, one binary (a new topic is a module here, not a new binary). Each
+//! test starts its own nats-server and uses a fresh database of one private PostgreSQL
+//! cluster; `support` holds everything the topics share.
+
+mod support;
+
+mod cumulative_acks;
+mod faults;
+mod layout;
+mod pipeline;
+mod properties;
+mod security;
+mod setup;
+mod shutdown;
+mod signals;
+mod stream_identity;
+mod tail;
