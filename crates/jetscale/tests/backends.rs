@@ -10,8 +10,7 @@
 //! builds it from the vendored source): they fail, saying so, when it is not and the source is
 //! there, and are skipped with a notice when neither is (the product runs without it).
 
-mod common;
-
+use crate::support;
 use jetscale::config::{BackendChoice, Settings};
 use jetscale::dev::{PostgresCluster, PostgresOptions};
 use jetscale::exporters::postgres::query::SEED_ANOMALY_SQL;
@@ -29,7 +28,7 @@ static DB_COUNTER: AtomicU32 = AtomicU32::new(0);
 /// there), and is skipped, saying so on stderr, if it could not: the README's commands must
 /// keep working on a machine with neither.
 async fn timescaledb_installed() -> bool {
-    let db = common::postgres()
+    let db = support::postgres()
         .await
         .connect("postgres")
         .await
@@ -46,7 +45,7 @@ async fn timescaledb_installed() -> bool {
         return true;
     }
     let archive = std::env::var_os("JETSCALE_TIMESCALEDB_ARCHIVE").map_or_else(
-        || common::workspace_root().join("../shared/vendor/timescaledb-2.28.3.tar.gz"),
+        || support::workspace_root().join("../shared/vendor/timescaledb-2.28.3.tar.gz"),
         PathBuf::from,
     );
     assert!(
@@ -69,7 +68,7 @@ async fn preloaded_database(label: &str) -> Option<String> {
     }
     let pg = PRELOADED
         .get_or_init(|| async {
-            let dir = common::temp_dir().keep();
+            let dir = support::temp_dir().keep();
             PostgresCluster::start_preloading(
                 PostgresOptions {
                     dir: dir.join("pg"),
@@ -95,11 +94,11 @@ async fn not_preloaded_database(label: &str) -> Option<String> {
     if !timescaledb_installed().await {
         return None;
     }
-    Some(common::fresh_database(label).await)
+    Some(support::fresh_database(label).await)
 }
 
 fn settings(nats_url: &str, db_url: &str, backend: BackendChoice) -> Settings {
-    let mut s = common::settings(nats_url, db_url);
+    let mut s = support::settings(nats_url, db_url);
     s.store.backend = backend;
     s
 }
@@ -112,7 +111,7 @@ fn setup(dir: &Path, nats_url: &str, db_url: &str, backend: &str) -> Output {
         format!("exporters:\n  postgresql:\n    backend: {backend}\n"),
     )
     .expect("write config");
-    Command::new(common::binary())
+    Command::new(support::binary())
         .args(["setup", "--config"])
         .arg(&config)
         .args(["--nats-url", nats_url, "--database-url", db_url])
@@ -150,15 +149,11 @@ async fn extension_created(db: &tokio_postgres::Client) -> bool {
 
 /// A small fleet published and collected; returns the rows the seed's anomaly query gave.
 async fn collect_a_few_rows(settings: &Settings, db: &tokio_postgres::Client) -> usize {
-    let sent = common::simulate(&settings.nats.url, 20, 3).await;
+    let sent = support::simulate(&settings.nats.url, 20, 3).await;
     assert_eq!(sent.acked, 60);
-    let report = common::collect_until_idle(settings).await;
+    let report = support::collect_until_idle(settings).await;
     assert_eq!((report.messages, report.rows), (60, 180));
-    let mut stored = common::stored_points(db, "iot_metrics").await;
-    let mut expected = common::sent_points(&sent);
-    stored.sort();
-    expected.sort();
-    assert_eq!(stored, expected, "every value stored, none twice");
+    support::assert_stored_as_sent(db, &[&sent]).await;
     db.query(SEED_ANOMALY_SQL.trim_end_matches(';'), &[])
         .await
         .expect("the seed's anomaly query runs")
@@ -167,11 +162,11 @@ async fn collect_a_few_rows(settings: &Settings, db: &tokio_postgres::Client) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn preloaded_timescaledb_gets_hypertables_and_a_continuous_aggregate() {
-    let nats = common::nats().await;
+    let nats = support::nats().await;
     let Some(db_url) = preloaded_database("auto").await else {
         return;
     };
-    let dir = common::temp_dir();
+    let dir = support::temp_dir();
     let out = setup(dir.path(), &nats.server.url(), &db_url, "auto");
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(out.status.success(), "{stdout}{stderr}");
@@ -181,7 +176,7 @@ async fn preloaded_timescaledb_gets_hypertables_and_a_continuous_aggregate() {
         "{stdout}"
     );
 
-    let db = common::db(&db_url).await;
+    let db = support::db(&db_url).await;
     let hypertables: Vec<String> = db
         .query(
             "SELECT hypertable_name::text FROM timescaledb_information.hypertables ORDER BY 1",
@@ -237,11 +232,11 @@ async fn preloaded_timescaledb_gets_hypertables_and_a_continuous_aggregate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn installed_but_not_preloaded_falls_back_to_native_and_says_how_to_enable() {
-    let nats = common::nats().await;
+    let nats = support::nats().await;
     let Some(db_url) = not_preloaded_database("fallback").await else {
         return;
     };
-    let dir = common::temp_dir();
+    let dir = support::temp_dir();
     let out = setup(dir.path(), &nats.server.url(), &db_url, "auto");
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(out.status.success(), "{stdout}{stderr}");
@@ -258,7 +253,7 @@ async fn installed_but_not_preloaded_falls_back_to_native_and_says_how_to_enable
         assert!(report.contains("backend: postgresql"), "{report}");
     }
 
-    let db = common::db(&db_url).await;
+    let db = support::db(&db_url).await;
     assert_native(&db).await;
     // The collector migrates again at start, keeps the native tables, and writes.
     let settings = settings(&nats.server.url(), &db_url, BackendChoice::Auto);
@@ -267,11 +262,11 @@ async fn installed_but_not_preloaded_falls_back_to_native_and_says_how_to_enable
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timescaledb_backend_that_cannot_be_had_is_a_clear_error() {
-    let nats = common::nats().await;
+    let nats = support::nats().await;
     let Some(db_url) = not_preloaded_database("refused").await else {
         return;
     };
-    let dir = common::temp_dir();
+    let dir = support::temp_dir();
     let out = setup(dir.path(), &nats.server.url(), &db_url, "timescaledb");
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(!out.status.success(), "{stdout}{stderr}");
@@ -284,7 +279,7 @@ async fn timescaledb_backend_that_cannot_be_had_is_a_clear_error() {
     assert!(!stderr.contains("connection closed"), "{stderr}");
 
     // Nothing was made on the way to the error.
-    let db = common::db(&db_url).await;
+    let db = support::db(&db_url).await;
     assert!(!extension_created(&db).await);
     let made = db
         .query_one("SELECT to_regclass('iot_metrics') IS NOT NULL", &[])
@@ -312,7 +307,7 @@ async fn postgresql_backend_never_creates_the_extension_on_a_preloaded_server() 
         "{}",
         report.backend_reason
     );
-    let db = common::db(&db_url).await;
+    let db = support::db(&db_url).await;
     assert_native(&db).await;
     // Asking for TimescaleDB now, on the schema made natively, is refused with what to do.
     let mut asked = settings.clone();

@@ -1,8 +1,7 @@
 //! `receivers.nats.dead_letter_subject`: a dead letter committed to the table is also
 //! published there, whole, with its reason, subject and stream sequence as headers.
 
-mod common;
-
+use crate::support;
 use futures::StreamExt;
 use jetscale::pipeline::dead_letters::{
     REASON_HEADER, SEQUENCE_HEADER, STREAM_HEADER, SUBJECT_HEADER,
@@ -13,17 +12,17 @@ const DEAD_LETTERS: &str = "jetscale.dead_letters";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_are_published_after_they_are_stored() {
-    let nats = common::nats().await;
-    let db_url = common::fresh_database("dl_subject").await;
-    let mut settings = common::settings(&nats.server.url(), &db_url);
+    let nats = support::nats().await;
+    let db_url = support::fresh_database("dl_subject").await;
+    let mut settings = support::settings(&nats.server.url(), &db_url);
     settings.dead_letter_subject = Some(DEAD_LETTERS.into());
-    common::provision_stream(&settings).await;
+    support::provision_stream(&settings).await;
 
     let watcher = async_nats::connect(nats.server.url()).await.unwrap();
     let mut dead_letters = watcher.subscribe(DEAD_LETTERS).await.unwrap();
     watcher.flush().await.unwrap();
 
-    common::simulate(&nats.server.url(), 3, 4).await;
+    support::simulate(&nats.server.url(), 3, 4).await;
     let js = async_nats::jetstream::new(async_nats::connect(nats.server.url()).await.unwrap());
     // Larger than the table keeps (64 KiB): the subject gets the original bytes whole.
     let poison: Vec<(&str, Vec<u8>)> = vec![
@@ -41,12 +40,12 @@ async fn dead_letters_are_published_after_they_are_stored() {
             .unwrap();
     }
 
-    let report = common::collect_until_idle(&settings).await;
+    let report = support::collect_until_idle(&settings).await;
     assert_eq!(report.dead_letters, 2);
     assert_eq!(report.messages, 12 + 2);
     assert_eq!(report.rows, 12 * 3);
 
-    let db = common::db(&db_url).await;
+    let db = support::db(&db_url).await;
     let rows = db
         .query(
             "SELECT stream_seq, subject, reason, payload, payload_size FROM jetscale_dead_letters ORDER BY stream_seq",
@@ -83,9 +82,9 @@ async fn dead_letters_are_published_after_they_are_stored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_subject_the_stream_captures_stops_the_collector_at_start() {
-    let nats = common::nats().await;
+    let nats = support::nats().await;
     // The stream's subjects are checked before the database is touched.
-    let mut settings = common::settings(&nats.server.url(), "postgresql://127.0.0.1:1/none");
+    let mut settings = support::settings(&nats.server.url(), "postgresql://127.0.0.1:1/none");
     settings.dead_letter_subject = Some("telemetry.dead_letters".into());
     let (_stop, stopped) = tokio::sync::watch::channel(false);
     let options = jetscale::pipeline::RunOptions::default();

@@ -4,7 +4,9 @@
 
 mod support;
 
+mod backends;
 mod cumulative_acks;
+mod dead_letter_subject;
 mod faults;
 mod layout;
 mod pipeline;
