@@ -53,7 +53,10 @@ drain_instructions() {
   local per_device=$1 db=jetscale_callgrind_$1
   stop_nats
   rm -rf "$work/nats" && mkdir -p "$work/nats"
-  nats-server -a 127.0.0.1 -p "$port" -js -sd "$work/nats" >"$work/nats.log" 2>&1 &
+  # The default stream asks for 50 GB: say the store may hold it, so the run does not depend
+  # on how much disk happens to be free (nats-server sizes its store from that otherwise).
+  printf 'listen: 127.0.0.1:%s\njetstream { store_dir: "%s", max_file_store: 1T }\n' "$port" "$work/nats" >"$work/nats.conf"
+  nats-server -c "$work/nats.conf" >"$work/nats.log" 2>&1 &
   nats_pid=$!
   local up=""
   for _ in $(seq 100); do
