@@ -23,11 +23,12 @@ use jetscale::exporters::postgres::batch::{Batch, Delivery};
 use jetscale::exporters::postgres::series::SeriesCache;
 use jetscale::exporters::postgres::{self, schema};
 use jetscale::simulate::{self, fleet::Fleet, SimulateOptions};
+use jetscale_model::now_unix_nanos;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Parser)]
 #[command(about = "jetscale end-to-end benchmarks")]
@@ -71,12 +72,6 @@ struct Args {
     /// Where servers keep data and results are written.
     #[arg(long, default_value = "target/bench")]
     dir: PathBuf,
-}
-
-fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i64)
 }
 
 fn settings(nats: &str, db: &str) -> Result<Settings> {
@@ -536,7 +531,7 @@ async fn database_ceiling(
     let reply = async_nats::Subject::from_static("$JS.ACK.x");
     let mut batches = Vec::new();
     let mut batch = Batch::new(3_600_000_000, 15_000).with_series(series.clone());
-    let start = now_ns() - 600_000_000_000;
+    let start = now_unix_nanos() - 600_000_000_000;
     for i in 0..messages {
         let mut payload = Vec::new();
         fleet.next_message((i % 10_000) as usize, start + i as i64 * 1000, &mut payload);

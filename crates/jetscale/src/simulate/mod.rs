@@ -31,6 +31,7 @@ use async_nats::{HeaderMap, Subject};
 use bytes::{Bytes, BytesMut};
 use futures::future::FutureExt;
 use futures::stream::{FuturesUnordered, StreamExt};
+use jetscale_model::now_unix_nanos;
 use tokio::time::Instant;
 
 pub use fleet::{Fleet, Message};
@@ -520,7 +521,7 @@ impl Runner {
     fn next_message(&mut self, device: u32) -> Pending {
         let msg = self
             .fleet
-            .next_message(device as usize, fleet::now_unix_nano(), &mut self.buf)
+            .next_message(device as usize, now_unix_nanos(), &mut self.buf)
             .unwrap_or(Message {
                 seq: 0,
                 time_unix_nano: 0,
@@ -853,7 +854,7 @@ impl Pacer {
 /// window is not discarded as a replay of the first.
 fn run_nonce() -> String {
     let mut rng = fastrand::Rng::new();
-    let mixed = rng.u64(..) ^ (fleet::now_unix_nano() as u64) ^ u64::from(std::process::id());
+    let mixed = rng.u64(..) ^ (now_unix_nanos() as u64) ^ u64::from(std::process::id());
     format!("{mixed:016x}")
 }
 

@@ -27,7 +27,9 @@ use crate::config::Settings;
 use crate::decode::{decode, DecodeContext, Incoming, RecordSink, Rejection};
 use async_nats::jetstream::{self, consumer, stream};
 use futures::StreamExt;
-use jetscale_model::{DistributionPoint, LogRecord, MetricKind, MetricPoint, SpanRecord};
+use jetscale_model::{
+    now_unix_nanos, DistributionPoint, LogRecord, MetricKind, MetricPoint, SpanRecord,
+};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use std::fmt::Write as _;
@@ -813,7 +815,7 @@ async fn follow_core<W: Write>(
                 let origin = Origin {
                     subject: message.subject.as_str(),
                     stream_seq: None,
-                    published_ns: now_ns(),
+                    published_ns: now_unix_nanos(),
                 };
                 if printer.print(&message, &origin)? {
                     break;
@@ -914,12 +916,6 @@ async fn stopped(mut shutdown: watch::Receiver<bool>) {
             std::future::pending::<()>().await;
         }
     }
-}
-
-fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
 fn ordered_config(
@@ -1330,7 +1326,7 @@ mod tests {
     #[test]
     fn decoded_messages_render_and_bad_ones_become_one_line() {
         let settings = crate::config::defaults(&crate::config::Overrides::default()).unwrap();
-        let now = now_ns();
+        let now = now_unix_nanos();
         let mut payload = Vec::new();
         crate::simulate::payload::write_payload(
             &mut payload,
@@ -1371,7 +1367,7 @@ mod tests {
     #[test]
     fn replayed_messages_are_judged_at_their_arrival() {
         let settings = crate::config::defaults(&crate::config::Overrides::default()).unwrap();
-        let old = now_ns() - 30 * 86_400 * 1_000_000_000;
+        let old = now_unix_nanos() - 30 * 86_400 * 1_000_000_000;
         let ctx = context_at(&settings, old);
         assert!(ctx.check_time(old).is_ok());
     }
