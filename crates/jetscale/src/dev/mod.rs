@@ -149,6 +149,22 @@ impl DevError {
     }
 }
 
+/// Starts the local stack of `jetscale dev` and the benchmarks: a private nats-server in
+/// `<dir>/nats` and a private PostgreSQL cluster in `<dir>/pg`, each on free ports.
+pub async fn start_stack(dir: &Path) -> Result<(NatsServer, PostgresCluster), DevError> {
+    let nats = NatsServer::start(NatsServerOptions {
+        dir: dir.join("nats"),
+        ..Default::default()
+    })
+    .await?;
+    let postgres = PostgresCluster::start(PostgresOptions {
+        dir: dir.join("pg"),
+        ..Default::default()
+    })
+    .await?;
+    Ok((nats, postgres))
+}
+
 /// Ports handed out by this process, so two servers started back to back never get the same
 /// one (the kernel may return a just-released port again).
 fn issued_ports() -> &'static Mutex<HashSet<u16>> {
