@@ -491,22 +491,33 @@ async fn client_info_server_id(port: u16) -> io::Result<String> {
         tokio::io::AsyncBufReadExt::read_until(&mut reader, b'\n', &mut line).await?;
         Ok::<_, io::Error>(line)
     };
-    let line = tokio::time::timeout(Duration::from_secs(2), read_info)
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no INFO within 2 s"))??;
+    let line = within_2s(read_info, "no INFO").await?;
     let text = String::from_utf8_lossy(&line);
     text.trim_end()
         .strip_prefix("INFO ")
         .and_then(|json| json_str(json, "server_id"))
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "not a NATS INFO line: {:?}",
-                    text.chars().take(80).collect::<String>()
-                ),
-            )
-        })
+        .ok_or_else(|| unexpected("a NATS INFO line", &text))
+}
+
+/// `exchange` given two seconds; `silence` says what was missing when it took longer.
+async fn within_2s<T>(
+    exchange: impl std::future::Future<Output = io::Result<T>>,
+    silence: &str,
+) -> io::Result<T> {
+    tokio::time::timeout(Duration::from_secs(2), exchange)
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("{silence} within 2 s")))?
+}
+
+/// An answer that is not `expected` (`a NATS INFO line`), quoted (its first 80 characters).
+fn unexpected(expected: &str, text: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!(
+            "not {expected}: {:?}",
+            text.chars().take(80).collect::<String>()
+        ),
+    )
 }
 
 /// The meta leader's name from a `/jsz` body, if one is elected.
@@ -529,24 +540,14 @@ async fn http_get(port: u16, path: &str) -> io::Result<(u16, String)> {
         stream.take(MAX_RESPONSE).read_to_end(&mut response).await?;
         Ok::<_, io::Error>(response)
     };
-    let response = tokio::time::timeout(Duration::from_secs(2), exchange)
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer within 2 s"))??;
+    let response = within_2s(exchange, "no answer").await?;
     let text = String::from_utf8_lossy(&response);
     let status = text
         .lines()
         .next()
         .and_then(|line| line.split_whitespace().nth(1))
         .and_then(|code| code.parse().ok())
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "not an HTTP response: {:?}",
-                    text.chars().take(80).collect::<String>()
-                ),
-            )
-        })?;
+        .ok_or_else(|| unexpected("an HTTP response", &text))?;
     let body = text
         .split_once("\r\n\r\n")
         .map(|(_, body)| body.to_owned())
