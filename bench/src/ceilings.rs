@@ -149,7 +149,7 @@ pub(crate) async fn database_ceiling(
     client.batch_execute(&format!("TRUNCATE {table}")).await?;
     let shown = match layout {
         MetricsLayout::Series => "series layout",
-        MetricsLayout::Wide => "the IoT pipeline design's wide layout",
+        MetricsLayout::Wide => "wide layout (the IoT pipeline design's iot_metrics)",
     };
     eprintln!("bench: database ceiling, {shown}: {best:.0} rows/s (best of 1 and 2 connections)");
     Ok((best, db_url))

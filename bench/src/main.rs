@@ -1,12 +1,14 @@
 //! The end-to-end benchmark harness (issue 6). One command, `scripts/bench.sh`, runs it:
 //!
-//! 1. database ceiling: the seed workload's rows, pre-encoded, written by binary COPY straight
-//!    into the same table (same indexes, same partitions): no NATS, no decoding;
+//! 1. database ceiling: the rows of the IoT pipeline design's workload, pre-encoded, written by
+//!    binary COPY straight into the same table (same indexes, same partitions): no NATS, no
+//!    decoding;
 //! 2. stream ceiling: the same pre-filled stream drained by a bare fetch-and-ack consumer, and
 //!    publishing and consuming at once;
 //! 3. jetscale drain: the real `jetscale collect` binary with its default config draining the
 //!    pre-filled stream, with its peak RSS;
-//! 4. naive consumer: a nats-py + psycopg `executemany` consumer into the seed's layout;
+//! 4. naive consumer: a nats-py + psycopg `executemany` consumer into the IoT pipeline
+//!    design's `iot_metrics` layout;
 //! 5. live capacity: the simulator at set rates while the collector runs;
 //!
 //! then prints a table, writes `target/bench/results.json`, and ends with the drain ÷ ceiling
@@ -330,7 +332,7 @@ async fn main() -> Result<()> {
         format!("{ceiling:.0}"),
     );
     row(
-        "database ceiling, seed's wide layout (rows/s)",
+        "database ceiling, wide iot_metrics (rows/s)",
         format!("{ceiling_wide:.0}"),
     );
     row(

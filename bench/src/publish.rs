@@ -7,9 +7,9 @@ use jetscale::config::Settings;
 use jetscale::simulate::{self, SimulateOptions};
 use std::time::{Duration, Instant};
 
-/// Fills the stream with about `messages` seed-000 messages from `publishers` simulators, each
-/// with its own connection (nats-server reads each connection on one thread) and its share of
-/// the 10,000 devices; returns how many were stored.
+/// Fills the stream with about `messages` device messages (the IoT pipeline design's) from
+/// `publishers` simulators, each with its own connection (nats-server reads each connection on
+/// one thread) and its share of the 10,000 devices; returns how many were stored.
 pub(crate) async fn prefill(s: &Settings, messages: u64, publishers: u32) -> Result<u64> {
     publish_fleet(s, messages, publishers, SimulateOptions::default()).await
 }

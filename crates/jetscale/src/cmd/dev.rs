@@ -203,7 +203,9 @@ pub async fn run_demo(global: &Global, args: DemoArgs) -> anyhow::Result<()> {
         );
     }
     println!();
-    println!("seed 000's anomaly query (devices above 35.0 avg temperature in the last hour):");
+    println!(
+        "the IoT pipeline design's anomaly query (devices above 35.0 avg temperature in the last hour):"
+    );
     print!("{}", anomaly_table(&anomalies));
     drop(stack);
     if stored as u64 != expected_rows {

@@ -200,7 +200,7 @@ impl Device {
 }
 
 /// `warehouse-a` .. `warehouse-z`, then `warehouse-aa`, ... (bijective base 26), so any location
-/// count gets distinct, seed-like names.
+/// count gets distinct names like the IoT pipeline design's.
 pub(crate) fn location_name(index: u32) -> String {
     let mut n = u64::from(index) + 1;
     let mut letters = Vec::new();

@@ -1,4 +1,5 @@
-//! A fleet of simulated IoT devices publishing the seed's OTLP JSON payload through JetStream.
+//! A fleet of simulated IoT devices publishing the IoT pipeline design's OTLP JSON payload
+//! through JetStream.
 //!
 //! It is the load generator of `jetscale simulate`, the demo, the tests and the benchmarks, so
 //! it must never be what limits a measurement: payloads are written by hand into a reused

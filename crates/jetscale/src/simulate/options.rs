@@ -13,9 +13,9 @@ pub struct SimulateOptions {
     pub count: Option<u64>,
     /// Wall-clock limit: no new message is started after it (in-flight ones are still awaited).
     pub duration: Option<Duration>,
-    /// Time between two messages of one device (the seed sleeps 10 s). Device start times are
-    /// spread evenly over one interval, so the fleet produces a steady `devices / interval`
-    /// msg/s rather than bursts. Zero: publish as fast as acks come back.
+    /// Time between two messages of one device (the IoT pipeline design's device sleeps 10 s).
+    /// Device start times are spread evenly over one interval, so the fleet produces a steady
+    /// `devices / interval` msg/s rather than bursts. Zero: publish as fast as acks come back.
     pub interval: Duration,
     /// Cap on total messages per second across the fleet.
     pub rate: Option<f64>,

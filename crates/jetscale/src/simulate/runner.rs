@@ -20,7 +20,7 @@ use tokio::time::Instant;
 /// Pause before re-publishing a message whose publish or ack failed. One fixed value keeps the
 /// retry queue in due order without a heap.
 const RETRY_BACKOFF: Duration = Duration::from_millis(250);
-/// The seed's payload is JSON; saying so lets the collector pick its decoder without sniffing.
+/// The device payload is JSON; saying so lets the collector pick its decoder without sniffing.
 const CONTENT_TYPE: async_nats::header::HeaderName =
     async_nats::header::HeaderName::from_static("Content-Type");
 /// Messages that must fail for good, with nothing acknowledged at all, before the run gives up:
