@@ -1,5 +1,5 @@
-"""What a user would write by hand from seed 000: a nats-py pull subscription with batch
-fetch, and psycopg's executemany per batch into the seed's iot_metrics layout. Prints
+"""What a user would write by hand from the IoT pipeline design: a nats-py pull subscription
+with batch fetch, and psycopg's executemany per batch into the design's iot_metrics layout. Prints
 `points_per_s N` as its last line. Used by the benchmark harness (bench/src/main.rs)."""
 import argparse
 import asyncio

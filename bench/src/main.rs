@@ -1,33 +1,36 @@
 //! The end-to-end benchmark harness (issue 6). One command, `scripts/bench.sh`, runs it:
 //!
-//! 1. database ceiling: the seed workload's rows, pre-encoded, written by binary COPY straight
-//!    into the same table (same indexes, same partitions): no NATS, no decoding;
+//! 1. database ceiling: the rows of the IoT pipeline design's workload, pre-encoded, written by
+//!    binary COPY straight into the same table (same indexes, same partitions): no NATS, no
+//!    decoding;
 //! 2. stream ceiling: the same pre-filled stream drained by a bare fetch-and-ack consumer, and
 //!    publishing and consuming at once;
 //! 3. jetscale drain: the real `jetscale collect` binary with its default config draining the
 //!    pre-filled stream, with its peak RSS;
-//! 4. naive consumer: a nats-py + psycopg `executemany` consumer into the seed's layout;
+//! 4. naive consumer: a nats-py + psycopg `executemany` consumer into the IoT pipeline
+//!    design's `iot_metrics` layout;
 //! 5. live capacity: the simulator at set rates while the collector runs;
 //!
 //! then prints a table, writes `target/bench/results.json`, and ends with the drain ÷ ceiling
 //! ratio. The decode micro-benchmark is `cargo bench -p jetscale --bench decode`.
 
-use anyhow::{bail, Context, Result};
+mod ceilings;
+mod collector;
+mod naive;
+mod procfs;
+mod publish;
+
+use anyhow::Result;
+use ceilings::{bare_drain, database_ceiling, publish_and_consume};
 use clap::Parser;
-use futures::StreamExt;
-use jetscale::config::{self, Encoding, Limits, MetricsLayout, Overrides, Settings};
-use jetscale::decode::{DecodeContext, Incoming};
-use jetscale::dev::{NatsServer, NatsServerOptions, PostgresCluster, PostgresOptions};
-use jetscale::exporters::postgres::batch::Table;
-use jetscale::exporters::postgres::batch::{Batch, Delivery};
-use jetscale::exporters::postgres::series::SeriesCache;
-use jetscale::exporters::postgres::{self, schema};
-use jetscale::simulate::{self, fleet::Fleet, SimulateOptions};
+use collector::{index_on_close, jetscale_drain, live_step};
+use jetscale::config::{self, MetricsLayout, Overrides, Settings};
+use naive::naive_consumer;
+use procfs::{mem_gib, ServerPids};
+use publish::{prefill, publish_fire_and_forget};
 use serde_json::json;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Parser)]
 #[command(about = "jetscale end-to-end benchmarks")]
@@ -73,86 +76,13 @@ struct Args {
     dir: PathBuf,
 }
 
-fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i64)
-}
-
-fn settings(nats: &str, db: &str) -> Result<Settings> {
+/// The collector's default settings, pointed at the bench's servers.
+pub(crate) fn settings(nats: &str, db: &str) -> Result<Settings> {
     Ok(config::defaults(&Overrides {
         nats_url: Some(nats.to_owned()),
         database_url: Some(db.to_owned()),
         replicas: Some(1),
     })?)
-}
-
-fn jetscale_binary() -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let candidate = exe.with_file_name("jetscale");
-    if candidate.exists() {
-        Ok(candidate)
-    } else {
-        bail!(
-            "{} not found: build it with cargo build --release -p jetscale",
-            candidate.display()
-        )
-    }
-}
-
-/// The fields of `/proc/<pid>/stat` after the command name (from the state on), which is in
-/// parentheses and may hold spaces.
-fn stat_fields(pid: u32) -> Option<Vec<String>> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    Some(after_name.split_whitespace().map(str::to_owned).collect())
-}
-
-/// Parent pid and CPU time (user + system, in seconds) from a process's stat fields.
-fn parent_and_cpu(fields: &[String]) -> Option<(u32, f64)> {
-    let parent = fields.get(1)?.parse().ok()?;
-    let user: u64 = fields.get(11)?.parse().ok()?;
-    let system: u64 = fields.get(12)?.parse().ok()?;
-    // SAFETY: sysconf only reads a configuration value.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Some((parent, (user + system) as f64 / ticks))
-}
-
-/// CPU time (user + system) a process has used so far, in seconds, from /proc.
-fn cpu_secs(pid: u32) -> Option<f64> {
-    parent_and_cpu(&stat_fields(pid)?).map(|(_, cpu)| cpu)
-}
-
-/// CPU seconds of a process and its live children (a PostgreSQL postmaster's backends).
-fn tree_cpu_secs(root: u32) -> f64 {
-    let children: f64 = std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|pid| parent_and_cpu(&stat_fields(pid)?))
-        .filter(|&(parent, _)| parent == root)
-        .map(|(_, cpu)| cpu)
-        .sum();
-    cpu_secs(root).unwrap_or(0.0) + children
-}
-
-/// What the machine's processes spent during the drain, in CPU seconds.
-#[derive(Debug, Default, Clone, Copy)]
-struct DrainCpu {
-    collector: f64,
-    nats_server: f64,
-    postgres: f64,
-}
-
-/// Peak resident memory of a process, from /proc (VmHWM), in KiB.
-fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
 }
 
 #[tokio::main]
@@ -169,16 +99,7 @@ async fn main() -> Result<()> {
         "bench: starting private nats-server and PostgreSQL under {}",
         stack_dir.display()
     );
-    let nats = NatsServer::start(NatsServerOptions {
-        dir: stack_dir.join("nats"),
-        ..Default::default()
-    })
-    .await?;
-    let pg = PostgresCluster::start(PostgresOptions {
-        dir: stack_dir.join("pg"),
-        port: None,
-    })
-    .await?;
+    let (nats, pg) = jetscale::dev::start_stack(&stack_dir).await?;
 
     let mut results = serde_json::Map::new();
     results.insert("machine".into(), json!(machine));
@@ -197,35 +118,23 @@ async fn main() -> Result<()> {
         }
     };
 
-    // 1. Database ceiling, for jetscale's default layout and for the seed's wide table.
-    let wide_db = pg.create_database("ceiling_wide").await?;
-    let ceiling_wide = database_ceiling(
+    // 1. Database ceiling, for the IoT pipeline design's wide table and for jetscale's
+    // default layout (whose database the stream's settings then use).
+    let messages = args.ceiling_messages.unwrap_or(args.messages);
+    let (ceiling_wide, _) = database_ceiling(
         &nats.url(),
-        &wide_db,
-        args.ceiling_messages.unwrap_or(args.messages),
+        &pg,
+        "ceiling_wide",
+        messages,
         MetricsLayout::Wide,
     )
     .await?;
-    eprintln!(
-        "bench: database ceiling, seed's wide layout: {:.0} rows/s (best of 1 and 2 connections)",
-        ceiling_wide
-    );
     results.insert(
         "database_ceiling_wide_rows_per_s".into(),
         json!(ceiling_wide),
     );
-    let ceiling_db = pg.create_database("ceiling").await?;
-    let ceiling = database_ceiling(
-        &nats.url(),
-        &ceiling_db,
-        args.ceiling_messages.unwrap_or(args.messages),
-        MetricsLayout::Series,
-    )
-    .await?;
-    eprintln!(
-        "bench: database ceiling, series layout: {:.0} rows/s (best of 1 and 2 connections)",
-        ceiling
-    );
+    let (ceiling, ceiling_db) =
+        database_ceiling(&nats.url(), &pg, "ceiling", messages, MetricsLayout::Series).await?;
     results.insert("database_ceiling_rows_per_s".into(), json!(ceiling));
 
     // 2. Stream: pre-fill, then a bare consumer.
@@ -423,7 +332,7 @@ async fn main() -> Result<()> {
         format!("{ceiling:.0}"),
     );
     row(
-        "database ceiling, seed's wide layout (rows/s)",
+        "database ceiling, wide iot_metrics (rows/s)",
         format!("{ceiling_wide:.0}"),
     );
     row(
@@ -492,617 +401,4 @@ async fn main() -> Result<()> {
     drop(pg);
     drop(nats);
     Ok(())
-}
-
-fn mem_gib() -> f64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .next()
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kib| kib / 1024.0 / 1024.0)
-}
-
-/// Rows of the seed workload encoded as the collector encodes them, then COPYed with no
-/// NATS and no decoding in the timed part.
-async fn database_ceiling(
-    nats_url: &str,
-    db_url: &str,
-    messages: u64,
-    layout: MetricsLayout,
-) -> Result<f64> {
-    let mut s = settings(nats_url, db_url)?;
-    s.store.layout = layout;
-    let series = (layout == MetricsLayout::Series).then(|| {
-        Arc::new(SeriesCache::new(
-            jetscale::config::settings::DEFAULT_SERIES_CACHE,
-        ))
-    });
-    let mut client = postgres::connect(&s.store).await?;
-    schema::migrate(&mut client, &s.store).await?;
-    let names = schema::RelationNames::new(&s.store);
-    postgres::maintenance::partitions_ahead(&client, &names, &s.store, Duration::from_secs(3600))
-        .await?;
-    let limits = Limits::default();
-    let ctx = DecodeContext::now(&limits, &[], Encoding::Auto);
-    let mut fleet = Fleet::new(&SimulateOptions {
-        devices: 10_000,
-        ..Default::default()
-    });
-    let subject = async_nats::Subject::from_static("telemetry.metrics.x");
-    let reply = async_nats::Subject::from_static("$JS.ACK.x");
-    let mut batches = Vec::new();
-    let mut batch = Batch::new(3_600_000_000, 15_000).with_series(series.clone());
-    let start = now_ns() - 600_000_000_000;
-    for i in 0..messages {
-        let mut payload = Vec::new();
-        fleet.next_message((i % 10_000) as usize, start + i as i64 * 1000, &mut payload);
-        let payload = bytes::Bytes::from(payload);
-        let msg = Incoming {
-            subject: subject.as_str(),
-            content_type: None,
-            format_header: None,
-            payload: &payload,
-        };
-        let _ = batch.add(
-            &msg,
-            Delivery {
-                stream_seq: i + 1,
-                reply: reply.clone(),
-                headers: None,
-                published_ns: 0,
-                subject: subject.clone(),
-                payload: payload.clone(),
-            },
-            &ctx,
-        );
-        if batch.size_in_rows() >= 15_000 {
-            let next = batch.new_empty(15_000);
-            batches.push(std::mem::replace(&mut batch, next));
-        }
-    }
-    batches.push(batch);
-    let rows: usize = batches.iter().map(|b| b.rows(Table::Metrics)).sum();
-    // Series are created once, untimed, as a running collector has them cached; the timed
-    // part is the points' COPY.
-    let mut encoded: Vec<Vec<u8>> = Vec::new();
-    for b in &batches {
-        let mut rows = b.buffer(Table::Metrics).to_vec();
-        if !b.series_patches.is_empty() {
-            let tx = client.transaction().await?;
-            let resolved = postgres::writer::resolve_series(&tx, &names, b).await?;
-            tx.commit().await?;
-            postgres::writer::patch_series_ids(&mut rows, &b.series_patches, &resolved.ids)?;
-        }
-        encoded.push(rows);
-    }
-    let table = names.quoted(Table::Metrics).to_owned();
-    let copy_sql = match layout {
-        MetricsLayout::Series => {
-            format!("COPY {table} (time, series_id, value) FROM STDIN (FORMAT binary)")
-        }
-        MetricsLayout::Wide => format!(
-            "COPY {table} (time, device_id, location, metric_name, value, unit, attributes) FROM STDIN (FORMAT binary)"
-        ),
-    };
-    let mut best = 0.0f64;
-    for connections in [1usize, 2] {
-        client.batch_execute(&format!("TRUNCATE {table}")).await?;
-        let mut clients = Vec::new();
-        for _ in 0..connections {
-            clients.push(postgres::connect(&s.store).await?);
-        }
-        let chunks: Vec<Vec<Vec<u8>>> = (0..connections)
-            .map(|c| {
-                encoded
-                    .iter()
-                    .skip(c)
-                    .step_by(connections)
-                    .cloned()
-                    .collect()
-            })
-            .collect();
-        let started = Instant::now();
-        let mut tasks = Vec::new();
-        for (mut client, mine) in clients.into_iter().zip(chunks) {
-            let sql = copy_sql.clone();
-            tasks.push(tokio::spawn(async move {
-                for rows in mine {
-                    let tx = client.transaction().await?;
-                    let sink = tx.copy_in(sql.as_str()).await?;
-                    futures::pin_mut!(sink);
-                    use futures::SinkExt;
-                    sink.feed(bytes::Bytes::from_static(postgres::copy::HEADER))
-                        .await?;
-                    sink.feed(bytes::Bytes::from(rows)).await?;
-                    sink.feed(bytes::Bytes::from_static(postgres::copy::TRAILER))
-                        .await?;
-                    sink.finish().await?;
-                    tx.commit().await?;
-                }
-                Ok::<_, tokio_postgres::Error>(())
-            }));
-        }
-        for t in tasks {
-            t.await??;
-        }
-        let rate = rows as f64 / started.elapsed().as_secs_f64();
-        eprintln!("bench: database ceiling with {connections} connection(s): {rate:.0} rows/s");
-        best = best.max(rate);
-    }
-    client.batch_execute(&format!("TRUNCATE {table}")).await?;
-    Ok(best)
-}
-
-/// A durable consumer that fetches and acks, decoding and storing nothing.
-async fn bare_drain(
-    stream: &async_nats::jetstream::stream::Stream,
-    name: &str,
-    total: u64,
-) -> Result<f64> {
-    use async_nats::jetstream::consumer::{pull, AckPolicy};
-    let consumer = stream
-        .create_consumer(pull::Config {
-            durable_name: Some(name.to_owned()),
-            ack_policy: AckPolicy::Explicit,
-            max_ack_pending: 50_000,
-            ..Default::default()
-        })
-        .await?;
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(jetscale::config::settings::DEFAULT_FETCH_BATCH)
-        .messages()
-        .await?;
-    let started = Instant::now();
-    let mut seen = 0u64;
-    while seen < total {
-        let Some(m) = messages.next().await else {
-            break;
-        };
-        let m = m.map_err(|e| anyhow::anyhow!("{e}"))?;
-        m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        seen += 1;
-    }
-    Ok(seen as f64 / started.elapsed().as_secs_f64())
-}
-
-/// Seconds to build the index of every points partition in `db_url` that has none, as the
-/// collector's maintenance does once a partition has closed.
-async fn index_on_close(nats_url: &str, db_url: &str) -> Result<f64> {
-    let s = settings(nats_url, db_url)?;
-    let client = postgres::connect(&s.store).await?;
-    let names = schema::RelationNames::new(&s.store);
-    let started = Instant::now();
-    let far_future = std::time::SystemTime::now() + Duration::from_secs(10 * 365 * 86_400);
-    postgres::maintenance::index_closed_partitions(&client, &names, far_future, i32::MAX).await?;
-    Ok(started.elapsed().as_secs_f64())
-}
-
-/// The servers whose CPU the drain's figures charge to it.
-#[derive(Debug, Clone, Copy)]
-struct ServerPids {
-    nats_server: Option<u32>,
-    postmaster: Option<u32>,
-}
-
-impl ServerPids {
-    fn cpu(&self) -> (f64, f64) {
-        (
-            self.nats_server.and_then(cpu_secs).unwrap_or(0.0),
-            self.postmaster.map_or(0.0, tree_cpu_secs),
-        )
-    }
-}
-
-/// Runs the real collector binary over the pre-filled stream; returns seconds until every
-/// message was acknowledged (so committed), its peak RSS, and the CPU the collector and the
-/// servers spent meanwhile.
-async fn jetscale_drain(
-    nats_url: &str,
-    db_url: &str,
-    stream: &async_nats::jetstream::stream::Stream,
-    total: u64,
-    config: Option<&Path>,
-    servers: ServerPids,
-) -> Result<(f64, u64, DrainCpu)> {
-    let started = Instant::now();
-    let servers_before = servers.cpu();
-    let mut command = tokio::process::Command::new(jetscale_binary()?);
-    command.args([
-        "collect",
-        "--exit-when-idle",
-        "3s",
-        "--nats-url",
-        nats_url,
-        "--database-url",
-        db_url,
-    ]);
-    if let Some(config) = config {
-        command.arg("--config").arg(config);
-    }
-    let mut child = command
-        .kill_on_drop(true)
-        .env(
-            "RUST_LOG",
-            std::env::var("BENCH_COLLECTOR_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdout(Stdio::null())
-        .spawn()
-        .context("starting jetscale collect")?;
-    let pid = child.id().unwrap_or(0);
-    let mut peak = 0u64;
-    let mut done_at = None;
-    let mut cpu = DrainCpu::default();
-    loop {
-        if let Some(kib) = peak_rss_kib(pid) {
-            peak = peak.max(kib);
-        }
-        if done_at.is_none() {
-            // Read before the ack floor is asked for, so the collector's idle wait for exit
-            // is not charged; the servers' figures include the bench's own consumer polls.
-            let collector = cpu_secs(pid).unwrap_or(cpu.collector);
-            if let Ok(info) = stream.consumer_info("jetscale").await {
-                if info.ack_floor.stream_sequence >= total && info.num_ack_pending == 0 {
-                    done_at = Some(started.elapsed());
-                    let (nats_server, postgres) = servers.cpu();
-                    cpu = DrainCpu {
-                        collector,
-                        nats_server: nats_server - servers_before.0,
-                        postgres: postgres - servers_before.1,
-                    };
-                }
-            }
-            if done_at.is_none() {
-                cpu.collector = collector;
-            }
-        }
-        if let Some(status) = child.try_wait()? {
-            if !status.success() {
-                bail!("jetscale collect exited with {status}");
-            }
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let secs = done_at
-        .context("the collector exited before acknowledging every message")?
-        .as_secs_f64();
-    Ok((secs, peak, cpu))
-}
-
-async fn publish_and_consume(
-    js: &async_nats::jetstream::Context,
-    stream: &async_nats::jetstream::stream::Stream,
-    count: u64,
-) -> Result<f64> {
-    use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
-    let consumer = stream
-        .create_consumer(pull::Config {
-            durable_name: Some("both".into()),
-            ack_policy: AckPolicy::Explicit,
-            deliver_policy: DeliverPolicy::New,
-            max_ack_pending: 50_000,
-            ..Default::default()
-        })
-        .await?;
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(jetscale::config::settings::DEFAULT_FETCH_BATCH)
-        .messages()
-        .await?;
-    let started = Instant::now();
-    let publisher = {
-        let js = js.clone();
-        tokio::spawn(async move {
-            simulate::run(
-                js,
-                &SimulateOptions {
-                    devices: 10_000,
-                    count: Some(count / 10_000),
-                    interval: Duration::ZERO,
-                    seed: 9,
-                    ..Default::default()
-                },
-                |_| {},
-            )
-            .await
-        })
-    };
-    let expected = (count / 10_000) * 10_000;
-    let mut seen = 0;
-    while seen < expected {
-        let Some(m) = messages.next().await else {
-            break;
-        };
-        let m = m.map_err(|e| anyhow::anyhow!("{e}"))?;
-        m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        seen += 1;
-    }
-    publisher.await??;
-    Ok(seen as f64 / started.elapsed().as_secs_f64())
-}
-
-async fn naive_consumer(nats_url: &str, db_url: &str, count: u64) -> Result<f64> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("naive_consumer.py");
-    let out = tokio::process::Command::new("python3")
-        .arg(script)
-        .args([
-            "--nats",
-            nats_url,
-            "--db",
-            db_url,
-            "--count",
-            &count.to_string(),
-        ])
-        .output()
-        .await
-        .context("running bench/naive_consumer.py (pip install nats-py psycopg[binary])")?;
-    if !out.status.success() {
-        bail!(
-            "naive consumer failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .rev()
-        .find_map(|l| {
-            l.strip_prefix("points_per_s ")
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .context("naive consumer printed no rate")
-}
-
-struct LiveStep {
-    /// Series created per second while the fleet came online (the untimed warm-up).
-    warmup_series_per_s: f64,
-    /// The timed collector's peak RSS (its cache holds the fleet's series).
-    peak_rss_mib: f64,
-    achieved: f64,
-    final_lag: u64,
-    p99_ms: f64,
-    ok: bool,
-}
-
-/// SIGTERM: the collector finishes its batches and prints its summary line, returned.
-async fn stop(collector: tokio::process::Child) -> Result<String> {
-    if let Some(pid) = collector.id() {
-        // SAFETY: kill(2) on our own child's pid has no memory effects.
-        unsafe {
-            libc::kill(pid as i32, libc::SIGTERM);
-        }
-    }
-    let out = collector.wait_with_output().await?;
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Fills the stream with about `messages` seed-000 messages from `publishers` simulators, each
-/// with its own connection (nats-server reads each connection on one thread) and its share of
-/// the 10,000 devices; returns how many were stored.
-async fn prefill(s: &Settings, messages: u64, publishers: u32) -> Result<u64> {
-    publish_fleet(s, messages, publishers, SimulateOptions::default()).await
-}
-
-/// What one run of the fire-and-forget simulator into a scratch stream measured.
-struct ScratchPublish {
-    /// Messages confirmed stored per second.
-    rate: f64,
-    /// CPU per message of this process (the simulator runs in it) and of nats-server; `None`
-    /// when a process's `/proc` figures could not be read, or the run was too short for the
-    /// kernel's 10 ms CPU ticks to say anything per message.
-    simulator_cpu_us: Option<f64>,
-    nats_server_cpu_us: Option<f64>,
-}
-
-/// Fewer messages than this and a per-message CPU figure is mostly tick rounding.
-const MIN_MESSAGES_FOR_CPU: u64 = 100_000;
-
-/// The simulator's best rate: `jetscale simulate --fire-and-forget` into a scratch stream
-/// configured `like` the telemetry stream (so the drain's stream is left as it is), split
-/// over `publishers` connections.
-async fn publish_fire_and_forget(
-    s: &Settings,
-    js: &async_nats::jetstream::Context,
-    like: &async_nats::jetstream::stream::Config,
-    messages: u64,
-    publishers: u32,
-    servers: &ServerPids,
-) -> Result<ScratchPublish> {
-    let mut config = like.clone();
-    config.name = "SCRATCH".into();
-    config.subjects = vec!["scratch.>".into()];
-    let _ = js.delete_stream("SCRATCH").await;
-    js.create_stream(config).await?;
-    // Read nats-server's figure alone: `servers.cpu()` also scans /proc for PostgreSQL's
-    // backends, which would charge that scan to the simulator.
-    let nats_server_cpu = || servers.nats_server.and_then(cpu_secs);
-    let cpu_before = (cpu_secs(std::process::id()), nats_server_cpu());
-    let started = Instant::now();
-    let stored = publish_fleet(
-        s,
-        messages,
-        publishers,
-        SimulateOptions {
-            subject_prefix: "scratch.metrics".into(),
-            fire_and_forget: true,
-            ..SimulateOptions::default()
-        },
-    )
-    .await?;
-    let secs = started.elapsed().as_secs_f64();
-    let cpu_after = (cpu_secs(std::process::id()), nats_server_cpu());
-    js.delete_stream("SCRATCH").await?;
-    let per_message_us = |before: Option<f64>, after: Option<f64>| {
-        let spent = after? - before?;
-        (stored >= MIN_MESSAGES_FOR_CPU).then(|| spent * 1e6 / stored as f64)
-    };
-    Ok(ScratchPublish {
-        rate: stored as f64 / secs,
-        simulator_cpu_us: per_message_us(cpu_before.0, cpu_after.0),
-        nats_server_cpu_us: per_message_us(cpu_before.1, cpu_after.1),
-    })
-}
-
-/// Publishes about `messages` messages from `publishers` simulators configured like `base`,
-/// each on its own connection and with its share of 10,000 devices; returns how many were
-/// confirmed stored.
-async fn publish_fleet(
-    s: &Settings,
-    messages: u64,
-    publishers: u32,
-    base: SimulateOptions,
-) -> Result<u64> {
-    let publishers = publishers.clamp(1, 100);
-    let devices = 10_000 / publishers;
-    let per_device = messages.div_ceil(u64::from(devices) * u64::from(publishers));
-    let mut tasks = Vec::new();
-    for p in 0..publishers {
-        let client =
-            jetscale::receivers::nats::connect(&s.nats, &format!("bench-publisher-{p}")).await?;
-        let js = async_nats::jetstream::new(client);
-        let opts = SimulateOptions {
-            devices,
-            count: Some(per_device),
-            interval: Duration::ZERO,
-            device_prefix: if publishers == 1 {
-                SimulateOptions::default().device_prefix
-            } else {
-                format!("sensor-p{p}-")
-            },
-            seed: u64::from(p),
-            ..base.clone()
-        };
-        tasks.push(tokio::spawn(async move {
-            simulate::run(js, &opts, |_| {}).await
-        }));
-    }
-    let mut stored = 0;
-    for task in tasks {
-        stored += task.await??.acked;
-    }
-    Ok(stored)
-}
-
-/// Publish acks the live simulator awaits at once.
-const LIVE_MAX_IN_FLIGHT: usize = 32_768;
-
-/// The simulator at `rate` msg/s (devices = rate × 10 at a 10 s interval) while the collector
-/// runs; bounded lag and p99 publish-to-commit latency under 2 s pass.
-async fn live_step(
-    nats: &NatsServer,
-    db_url: &str,
-    rate: u64,
-    length: Duration,
-    config: Option<&Path>,
-    fire_and_forget: bool,
-) -> Result<LiveStep> {
-    let s = settings(&nats.url(), db_url)?;
-    let client = jetscale::receivers::nats::connect(&s.nats, "bench-live").await?;
-    // The load generator must not be what limits the step: with the machine saturated a
-    // publish ack can take over 100 ms, and 4,096 acks in flight then cap publishing near
-    // 40k msg/s whatever the pipeline does.
-    let js = async_nats::jetstream::ContextBuilder::new()
-        .max_ack_inflight(LIVE_MAX_IN_FLIGHT)
-        .build(client);
-    let stream = js.get_stream("TELEMETRY").await?;
-    stream.purge().await?;
-    let _ = stream.delete_consumer("jetscale").await;
-    let spawn_collector = || -> Result<tokio::process::Child> {
-        let mut command = tokio::process::Command::new(jetscale_binary()?);
-        command.args([
-            "collect",
-            "--nats-url",
-            &nats.url(),
-            "--database-url",
-            db_url,
-        ]);
-        if let Some(config) = config {
-            command.arg("--config").arg(config);
-        }
-        Ok(command
-            .kill_on_drop(true)
-            .env(
-                "RUST_LOG",
-                std::env::var("BENCH_COLLECTOR_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::piped())
-            .spawn()?)
-    };
-    let devices = u32::try_from(rate * 10).unwrap_or(u32::MAX);
-    // Warm-up, untimed: the fleet comes online once, so its series exist, as they do for a
-    // fleet that has been running. The timed run then starts a new collector process, whose
-    // series cache is empty: it finds the series, it does not create them.
-    let warmup = spawn_collector()?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let warm_started = Instant::now();
-    simulate::run(
-        js.clone(),
-        &SimulateOptions {
-            devices,
-            count: Some(1),
-            interval: Duration::ZERO,
-            seed: rate,
-            ..Default::default()
-        },
-        |_| {},
-    )
-    .await?;
-    loop {
-        let info = stream.consumer_info("jetscale").await?;
-        if info.num_pending == 0 && info.num_ack_pending == 0 {
-            break;
-        }
-        if warm_started.elapsed() > Duration::from_secs(600) {
-            bail!("the warm-up of {devices} devices did not drain in 10 minutes");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let warmup_series_per_s = f64::from(devices) * 3.0 / warm_started.elapsed().as_secs_f64();
-    stop(warmup).await?;
-    let collector = spawn_collector()?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let report = simulate::run(
-        js.clone(),
-        &SimulateOptions {
-            devices,
-            duration: Some(length),
-            interval: Duration::from_secs(10),
-            seed: rate,
-            max_in_flight: LIVE_MAX_IN_FLIGHT,
-            fire_and_forget,
-            ..Default::default()
-        },
-        |_| {},
-    )
-    .await?;
-    let achieved = report.acked as f64 / report.elapsed.as_secs_f64();
-    // Lag right after publishing stops: what the collector still has to do.
-    let info = stream.consumer_info("jetscale").await?;
-    let final_lag = info.num_pending + info.num_ack_pending as u64;
-    // Let it finish, then stop it and read its latency line.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let peak_rss_mib = collector
-        .id()
-        .and_then(peak_rss_kib)
-        .map_or(0.0, |kib| kib as f64 / 1024.0);
-    let text = stop(collector).await?;
-    let p99_ms = text
-        .split("p99 ")
-        .nth(1)
-        .and_then(|t| t.split_whitespace().next())
-        .and_then(|v| v.trim_end_matches("ms").parse::<f64>().ok())
-        .unwrap_or(f64::INFINITY);
-    let ok = final_lag < rate * 2 && p99_ms < 2000.0 && achieved > rate as f64 * 0.9;
-    Ok(LiveStep {
-        warmup_series_per_s,
-        peak_rss_mib,
-        achieved,
-        final_lag,
-        p99_ms,
-        ok,
-    })
 }

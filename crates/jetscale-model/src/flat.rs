@@ -1,6 +1,7 @@
-//! The flat JSON wire formats of seed 001: span records, metric points and log records.
+//! The flat JSON wire formats of the NATS-native service design: span records, metric points
+//! and log records.
 //!
-//! Field names and shapes are exactly those of the seed; unknown fields are ignored so a
+//! Field names and shapes are exactly those of that design; unknown fields are ignored so a
 //! newer publisher does not break an older collector.
 
 use serde::{Deserialize, Serialize};
@@ -29,7 +30,7 @@ pub struct FlatSpan {
 }
 
 impl FlatSpan {
-    /// The Nats-Msg-Id seed 001 uses for spans: `{trace_id}.{span_id}`.
+    /// The Nats-Msg-Id the NATS-native service design uses for spans: `{trace_id}.{span_id}`.
     pub fn msg_id(&self) -> String {
         format!("{}.{}", self.trace_id, self.span_id)
     }
@@ -91,7 +92,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn seed_001_span_parses() {
+    fn the_service_designs_span_parses() {
         let text = r#"{
             "trace_id": "a1b2c3d4e5f6", "span_id": "f6e5d4c3b2a1", "parent_id": "1a2b3c4d5e6f",
             "name": "worker.executeTask", "service": "worker", "kind": "server",
@@ -110,7 +111,7 @@ mod tests {
     }
 
     #[test]
-    fn seed_001_metric_and_log_parse() {
+    fn the_service_designs_metric_and_log_parse() {
         let metric: FlatMetric = serde_json::from_str(
             r#"{"name": "step.duration_ms", "type": "histogram", "value": 1234.0,
                 "tags": {"task_type": "build"}, "service": "worker",

@@ -25,7 +25,8 @@ impl MetricKind {
     }
 }
 
-/// One numeric reading: a row of the metrics table (`iot_metrics` in the seed's schema).
+/// One numeric reading: a row of the metrics table (`iot_metrics` in the IoT pipeline
+/// design's schema).
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetricPoint<'a> {
     /// Nanoseconds since the Unix epoch; never 0 (OTLP forbids it for data points).
@@ -74,7 +75,7 @@ pub struct DistributionPoint<'a> {
     pub attributes: &'a str,
 }
 
-/// A span, from OTLP traces or seed 001's flat span record.
+/// A span, from OTLP traces or the NATS-native service design's flat span record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SpanRecord<'a> {
     /// Lowercase hex for OTLP (32 digits); as sent for flat records.
@@ -105,7 +106,7 @@ pub struct SpanRecord<'a> {
     pub error: &'a str,
 }
 
-/// A log record, from OTLP logs or seed 001's flat log record.
+/// A log record, from OTLP logs or the NATS-native service design's flat log record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LogRecord<'a> {
     /// The event time; the observed time when the event time is 0.

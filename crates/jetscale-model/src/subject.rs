@@ -1,8 +1,9 @@
-//! Subject conventions of the TELEMETRY stream (seed 000 and seed 001).
+//! Subject conventions of the TELEMETRY stream (the IoT pipeline design and the NATS-native
+//! service design).
 //!
-//! Subjects route messages; they never decide the wire format (seed 000 puts OTLP JSON on
-//! `telemetry.metrics.{device}` and seed 001 puts flat records on
-//! `telemetry.metrics.{service}.{name}`).
+//! Subjects route messages; they never decide the wire format (the IoT pipeline design puts
+//! OTLP JSON on `telemetry.metrics.{device}` and the NATS-native service design puts flat
+//! records on `telemetry.metrics.{service}.{name}`).
 
 /// Root of every telemetry subject.
 pub const ROOT: &str = "telemetry";
@@ -53,7 +54,7 @@ pub fn parse(subject: &str) -> Option<(Signal, Vec<&str>)> {
     Some((signal, tokens.collect()))
 }
 
-/// The device token of a seed-000 metrics subject `telemetry.metrics.{device_id}`.
+/// The device token of an IoT device's metrics subject `telemetry.metrics.{device_id}`.
 ///
 /// Returns `None` for any other shape (a service's `telemetry.metrics.{service}.{name}`
 /// has more tokens and names no device).
@@ -73,22 +74,23 @@ pub fn is_valid_token(token: &str) -> bool {
             .any(|b| matches!(b, b'.' | b'*' | b'>' | b' ' | b'\t' | b'\r' | b'\n' | 0))
 }
 
-/// `telemetry.metrics.{device_id}`, the subject a seed-000 device publishes on.
+/// `telemetry.metrics.{device_id}`, the subject an IoT device publishes on.
 pub fn device_metrics(device_id: &str) -> String {
     format!("{ROOT}.metrics.{device_id}")
 }
 
-/// `telemetry.metrics.{service}.{name}` (seed 001). Dots in the metric name stay tokens.
+/// `telemetry.metrics.{service}.{name}` (the NATS-native service
+/// design). Dots in the metric name stay tokens.
 pub fn service_metric(service: &str, name: &str) -> String {
     format!("{ROOT}.metrics.{service}.{name}")
 }
 
-/// `telemetry.spans.{service}.{run_id}` (seed 001).
+/// `telemetry.spans.{service}.{run_id}` (the NATS-native service design).
 pub fn spans(service: &str, run_id: &str) -> String {
     format!("{ROOT}.spans.{service}.{run_id}")
 }
 
-/// `telemetry.logs.{service}.{level}` (seed 001).
+/// `telemetry.logs.{service}.{level}` (the NATS-native service design).
 pub fn logs(service: &str, level: &str) -> String {
     format!("{ROOT}.logs.{service}.{level}")
 }
@@ -98,7 +100,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn device_token_only_for_seed_000_shape() {
+    fn device_token_only_for_the_iot_device_shape() {
         assert_eq!(
             device_of("telemetry.metrics.sensor-001"),
             Some("sensor-001")
@@ -117,7 +119,7 @@ mod tests {
     }
 
     #[test]
-    fn builders_follow_seed_001() {
+    fn builders_follow_the_service_design() {
         assert_eq!(spans("worker", "abc123"), "telemetry.spans.worker.abc123");
         assert_eq!(
             service_metric("worker", "step.duration_ms"),

@@ -118,46 +118,9 @@ pub(crate) fn is_transient(kind: PublishErrorKind) -> bool {
     )
 }
 
-/// Replaces the password (or token) of `nats://user:password@host` with `***`, so addresses
-/// can be shown in errors and logs.
-pub(crate) fn redact_url(url: &str) -> String {
-    url.split(',')
-        .map(|one| {
-            let one = one.trim();
-            let rest_start = one.find("://").map_or(0, |i| i + 3);
-            match one[rest_start..].find('@') {
-                Some(at) => {
-                    let userinfo = &one[rest_start..rest_start + at];
-                    let shown = match userinfo.split_once(':') {
-                        Some((user, _)) => format!("{user}:***"),
-                        None => "***".to_owned(),
-                    };
-                    format!("{}{}{}", &one[..rest_start], shown, &one[rest_start + at..])
-                }
-                None => one.to_owned(),
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn passwords_and_tokens_are_redacted() {
-        assert_eq!(
-            redact_url("nats://device:s3cret@nats:4222"),
-            "nats://device:***@nats:4222"
-        );
-        assert_eq!(redact_url("nats://tok@nats:4222"), "nats://***@nats:4222");
-        assert_eq!(
-            redact_url("nats://a:b@n1:4222, nats://n2:4222"),
-            "nats://a:***@n1:4222,nats://n2:4222"
-        );
-        assert_eq!(redact_url("127.0.0.1:4222"), "127.0.0.1:4222");
-    }
 
     #[test]
     fn only_transient_publish_failures_are_retried() {

@@ -4,15 +4,17 @@
 //! Everything goes through JetStream and waits for the stream's publish ack, so a record that
 //! [`Publisher`] reports as published is stored in the stream.
 //!
-//! - [`Publisher`] connects (user/password, token, NKey seed file, credentials file, TLS) and
-//!   publishes the flat records of seed 001 ([`FlatSpan`], [`FlatMetric`], [`FlatLog`]) and OTLP
-//!   protobuf requests on the subjects of [`jetscale_model::subject`], with the headers of
-//!   [`headers`]. Every message carries a `Nats-Msg-Id` (`{trace_id}.{span_id}` for spans, a
-//!   random 128-bit id otherwise) that stays the same across retries, so the stream's
-//!   duplicate window drops the copies a retry produces.
+//! - [`Publisher`] connects (user/password, token, NKey seed file, credentials file, TLS; see
+//!   [`ConnectOptions`]) and publishes the flat records of the NATS-native service design
+//!   ([`FlatSpan`], [`FlatMetric`], [`FlatLog`]) and OTLP protobuf requests on the subjects of
+//!   [`jetscale_model::subject`], with the headers of [`headers`]. Every message carries a
+//!   `Nats-Msg-Id` (`{trace_id}.{span_id}` for spans, a random 128-bit id otherwise) that
+//!   stays the same across retries, so the stream's duplicate window drops the copies a retry
+//!   produces.
 //! - [`Publisher::publish_many`] pipelines acks for high-rate publishing, bounded by
 //!   [`PublisherOptions::max_in_flight`].
-//! - [`DeviceReading`] builds the three-gauge OTLP JSON payload of seed 000's Python device.
+//! - [`DeviceReading`] builds the three-gauge OTLP JSON payload of the IoT pipeline design's
+//!   Python device.
 //! - [`JetscaleLayer`] is a `tracing-subscriber` layer that turns a service's own spans and
 //!   events into span and log records, published from a background task so instrumented code
 //!   never waits for NATS.
@@ -42,6 +44,7 @@
 #![warn(missing_docs)]
 
 pub mod backoff;
+mod connect;
 mod error;
 pub mod headers;
 pub mod ids;
@@ -51,6 +54,7 @@ mod options;
 mod otlp;
 mod publisher;
 
+pub use connect::{redact_url, ConnectOptions};
 pub use error::Error;
 pub use layer::{JetscaleLayer, LayerBuilder, LayerHandle, LayerStats};
 pub use message::{IntoMessage, Message, Record};
@@ -60,7 +64,8 @@ pub use publisher::{BatchError, Publisher};
 
 /// The acknowledgement the stream sends for a stored (or deduplicated) message.
 pub use async_nats::jetstream::publish::PublishAck;
-/// The flat records of seed 001, re-exported from [`jetscale_model::flat`].
+/// The flat records of the NATS-native service design, re-exported from
+/// [`jetscale_model::flat`].
 pub use jetscale_model::flat::{FlatLog, FlatMetric, FlatSpan};
 /// The `opentelemetry-proto` crate this SDK encodes with, for building requests.
 pub use opentelemetry_proto;

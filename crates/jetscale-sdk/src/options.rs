@@ -3,8 +3,7 @@
 //! retry policy.
 
 use crate::backoff::Backoff;
-use crate::error::redact_url;
-use crate::{Error, Publisher};
+use crate::{ConnectOptions, Error, Publisher};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -104,16 +103,7 @@ impl RetryPolicy {
 /// ```
 #[derive(Debug, Clone)]
 pub struct PublisherOptions {
-    name: String,
-    user_password: Option<(String, String)>,
-    token: Option<String>,
-    nkey_file: Option<PathBuf>,
-    creds_file: Option<PathBuf>,
-    require_tls: bool,
-    ca_file: Option<PathBuf>,
-    client_cert: Option<(PathBuf, PathBuf)>,
-    connection_timeout: Duration,
-    retry_on_initial_connect: bool,
+    connection: ConnectOptions,
     pub(crate) max_in_flight: usize,
     pub(crate) ack_timeout: Duration,
     pub(crate) retry: RetryPolicy,
@@ -122,16 +112,7 @@ pub struct PublisherOptions {
 impl Default for PublisherOptions {
     fn default() -> Self {
         PublisherOptions {
-            name: "jetscale-sdk".to_owned(),
-            user_password: None,
-            token: None,
-            nkey_file: None,
-            creds_file: None,
-            require_tls: false,
-            ca_file: None,
-            client_cert: None,
-            connection_timeout: Duration::from_secs(5),
-            retry_on_initial_connect: false,
+            connection: ConnectOptions::default(),
             max_in_flight: 256,
             ack_timeout: Duration::from_secs(5),
             retry: RetryPolicy::default(),
@@ -161,11 +142,11 @@ impl PublisherOptions {
     /// # let _ = options;
     /// ```
     pub fn name(mut self, name: impl Into<String>) -> PublisherOptions {
-        self.name = name.into();
+        self.connection.name = name.into();
         self
     }
 
-    /// Authenticates with a user and password (seed 000's `device` user).
+    /// Authenticates with a user and password (the IoT pipeline design's `device` user).
     ///
     /// # Examples
     ///
@@ -178,7 +159,7 @@ impl PublisherOptions {
         user: impl Into<String>,
         password: impl Into<String>,
     ) -> PublisherOptions {
-        self.user_password = Some((user.into(), password.into()));
+        self.connection.user_password = Some((user.into(), password.into()));
         self
     }
 
@@ -191,7 +172,7 @@ impl PublisherOptions {
     /// # let _ = options;
     /// ```
     pub fn token(mut self, token: impl Into<String>) -> PublisherOptions {
-        self.token = Some(token.into());
+        self.connection.token = Some(token.into());
         self
     }
 
@@ -204,7 +185,7 @@ impl PublisherOptions {
     /// # let _ = options;
     /// ```
     pub fn nkey_file(mut self, path: impl Into<PathBuf>) -> PublisherOptions {
-        self.nkey_file = Some(path.into());
+        self.connection.nkey_file = Some(path.into());
         self
     }
 
@@ -217,7 +198,7 @@ impl PublisherOptions {
     /// # let _ = options;
     /// ```
     pub fn credentials_file(mut self, path: impl Into<PathBuf>) -> PublisherOptions {
-        self.creds_file = Some(path.into());
+        self.connection.creds_file = Some(path.into());
         self
     }
 
@@ -231,7 +212,7 @@ impl PublisherOptions {
     /// # let _ = options;
     /// ```
     pub fn require_tls(mut self, required: bool) -> PublisherOptions {
-        self.require_tls = required;
+        self.connection.require_tls = required;
         self
     }
 
@@ -244,8 +225,8 @@ impl PublisherOptions {
     /// # let _ = options;
     /// ```
     pub fn ca_file(mut self, path: impl Into<PathBuf>) -> PublisherOptions {
-        self.ca_file = Some(path.into());
-        self.require_tls = true;
+        self.connection.ca_file = Some(path.into());
+        self.connection.require_tls = true;
         self
     }
 
@@ -263,8 +244,8 @@ impl PublisherOptions {
         cert: impl Into<PathBuf>,
         key: impl Into<PathBuf>,
     ) -> PublisherOptions {
-        self.client_cert = Some((cert.into(), key.into()));
-        self.require_tls = true;
+        self.connection.client_cert = Some((cert.into(), key.into()));
+        self.connection.require_tls = true;
         self
     }
 
@@ -278,7 +259,7 @@ impl PublisherOptions {
     /// # let _ = options;
     /// ```
     pub fn connection_timeout(mut self, timeout: Duration) -> PublisherOptions {
-        self.connection_timeout = timeout;
+        self.connection.connection_timeout = timeout;
         self
     }
 
@@ -293,7 +274,7 @@ impl PublisherOptions {
     /// # let _ = options;
     /// ```
     pub fn retry_on_initial_connect(mut self, retry: bool) -> PublisherOptions {
-        self.retry_on_initial_connect = retry;
+        self.connection.retry_on_initial_connect = retry;
         self
     }
 
@@ -359,46 +340,8 @@ impl PublisherOptions {
     /// # }
     /// ```
     pub async fn connect(self, url: &str) -> Result<Publisher, Error> {
-        let addrs = url
-            .split(',')
-            .map(str::trim)
-            .filter(|u| !u.is_empty())
-            .map(|u| u.parse::<async_nats::ServerAddr>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| Error::InvalidUrl {
-                url: redact_url(url),
-                detail: e.to_string(),
-            })?;
-        if addrs.is_empty() {
-            return Err(Error::InvalidUrl {
-                url: String::new(),
-                detail: "no server address".to_owned(),
-            });
-        }
-        let mut this = self;
-        if this.user_password.is_none() && this.token.is_none() {
-            // async-nats does not read credentials from the URL; seed 000's devices put them
-            // there (`nats://device:password@nats:4222`), so take them from the first address
-            // that has some: `user:password@` or a bare `token@`.
-            if let Some(addr) = addrs.iter().find(|a| a.username().is_some()) {
-                let user = percent_decode(addr.username().unwrap_or_default());
-                match addr.password() {
-                    Some(password) => {
-                        this.user_password = Some((user, percent_decode(password)));
-                    }
-                    None => this.token = Some(user),
-                }
-            }
-        }
-        let options = this.connect_options().await?;
-        let client = options
-            .connect(addrs)
-            .await
-            .map_err(|source| Error::Connect {
-                url: redact_url(url),
-                source,
-            })?;
-        Ok(this.build(client))
+        let client = self.connection.connect(url).await?;
+        Ok(self.build(client))
     }
 
     /// A publisher over a client the caller already connected (its own options, its own
@@ -417,82 +360,6 @@ impl PublisherOptions {
     pub fn build(self, client: async_nats::Client) -> Publisher {
         Publisher::from_parts(client, self)
     }
-
-    async fn connect_options(&self) -> Result<async_nats::ConnectOptions, Error> {
-        let mut options = async_nats::ConnectOptions::new()
-            .name(&self.name)
-            .connection_timeout(self.connection_timeout)
-            .max_reconnects(None)
-            .event_callback(|event| async move {
-                match event {
-                    async_nats::Event::Disconnected => {
-                        tracing::warn!(target: "jetscale_sdk", "NATS connection lost; reconnecting")
-                    }
-                    other => tracing::debug!(target: "jetscale_sdk", %other, "NATS event"),
-                }
-            });
-        if let Some((user, password)) = &self.user_password {
-            options = options.user_and_password(user.clone(), password.clone());
-        }
-        if let Some(token) = &self.token {
-            options = options.token(token.clone());
-        }
-        if let Some(path) = &self.nkey_file {
-            let seed =
-                tokio::fs::read_to_string(path)
-                    .await
-                    .map_err(|source| Error::Credentials {
-                        what: "NKey seed file",
-                        path: path.clone(),
-                        source,
-                    })?;
-            options = options.nkey(seed.trim().to_owned());
-        }
-        if let Some(path) = &self.creds_file {
-            options =
-                options
-                    .credentials_file(path)
-                    .await
-                    .map_err(|source| Error::Credentials {
-                        what: "credentials file",
-                        path: path.clone(),
-                        source,
-                    })?;
-        }
-        if self.require_tls {
-            options = options.require_tls(true);
-        }
-        if let Some(ca) = &self.ca_file {
-            options = options.add_root_certificates(ca.clone());
-        }
-        if let Some((cert, key)) = &self.client_cert {
-            options = options.add_client_certificate(cert.clone(), key.clone());
-        }
-        if self.retry_on_initial_connect {
-            options = options.retry_on_initial_connect();
-        }
-        Ok(options)
-    }
-}
-
-/// Decodes the `%XX` escapes of a URL's user or password.
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -509,14 +376,6 @@ mod tests {
             let wait = policy.backoff(retry);
             assert!(wait >= full / 2 && wait <= full, "{retry}: {wait:?}");
         }
-    }
-
-    #[test]
-    fn url_credentials_are_percent_decoded() {
-        assert_eq!(percent_decode("p%40ss%3Aw0rd"), "p@ss:w0rd");
-        assert_eq!(percent_decode("plain"), "plain");
-        assert_eq!(percent_decode("50%"), "50%");
-        assert_eq!(percent_decode("%zz"), "%zz");
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! Keeping secrets out of logs, errors and `--help`: URLs are shown without their password.
 
-/// `scheme://user:secret@host/…` becomes `scheme://user:***@host/…`; `password=…` in a
-/// key=value connection string becomes `password=***`. Several comma-separated URLs are
-/// each redacted.
+/// `scheme://user:secret@host/…` becomes `scheme://user:***@host/…` (see
+/// [`jetscale_sdk::redact_url`], which every NATS client of jetscale shares); `password=…` in
+/// a key=value PostgreSQL connection string becomes `password=***`. Several comma-separated
+/// URLs are each redacted.
 pub fn redact_url(url: &str) -> String {
-    if url.contains("://") {
-        return url.split(',').map(redact_one).collect::<Vec<_>>().join(",");
+    if !is_key_value(url) {
+        return jetscale_sdk::redact_url(url);
     }
     url.split_whitespace()
         .map(|pair| match pair.split_once('=') {
@@ -16,37 +17,18 @@ pub fn redact_url(url: &str) -> String {
         .join(" ")
 }
 
-fn redact_one(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let Some((userinfo, host)) = authority.rsplit_once('@') else {
-        return url.to_owned();
-    };
-    let user = match userinfo.split_once(':') {
-        Some((user, _)) => format!("{user}:***"),
-        None if scheme.starts_with("nats") => "***".to_owned(), // a lone userinfo is a token
-        None => userinfo.to_owned(),
-    };
-    // Query parameters may carry a password too.
-    let tail = tail
-        .split('&')
-        .map(|p| {
-            if p.trim_start_matches('?')
-                .to_ascii_lowercase()
-                .starts_with("password=")
-            {
-                let prefix = if p.starts_with('?') { "?" } else { "" };
-                format!("{prefix}password=***")
-            } else {
-                p.to_owned()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("&");
-    format!("{scheme}://{user}@{host}{tail}")
+/// Whether `text` is a `host=db user=x` connection string rather than a URL: no scheme, and
+/// its first word is a `key=value` pair whose key is a plain word (a URL's password may hold
+/// an `=` too, but then a `:` or `@` comes before it).
+fn is_key_value(text: &str) -> bool {
+    !text.contains("://")
+        && text
+            .split_whitespace()
+            .next()
+            .and_then(|word| word.split_once('='))
+            .is_some_and(|(key, _)| {
+                !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            })
 }
 
 #[cfg(test)]
@@ -73,5 +55,10 @@ mod tests {
             "nats://a:***@h1:4222,nats://b:***@h2:4222"
         );
         assert_eq!(redact_url("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+        assert_eq!(
+            redact_url("collector:s=cret@nats:4222"),
+            "collector:***@nats:4222"
+        );
+        assert_eq!(redact_url("tls://tok3n@nats:4222"), "tls://***@nats:4222");
     }
 }

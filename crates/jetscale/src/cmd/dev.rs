@@ -6,7 +6,7 @@ use super::collect::report_progress;
 use super::{query::anomaly_table, setup, simulate, Global};
 use anyhow::Context;
 use jetscale::config::Settings;
-use jetscale::dev::{NatsServer, NatsServerOptions, PostgresCluster, PostgresOptions};
+use jetscale::dev::{NatsServer, PostgresCluster};
 use jetscale::exporters::postgres::{self, query};
 use jetscale::pipeline::{self, Counters, RunOptions};
 use std::path::PathBuf;
@@ -51,26 +51,11 @@ async fn start_stack(global: &Global, dir: &std::path::Path) -> anyhow::Result<S
         "starting a private nats-server and PostgreSQL under {}",
         dir.display()
     );
-    let nats = NatsServer::start(NatsServerOptions {
-        dir: dir.join("nats"),
-        ..Default::default()
-    })
-    .await
-    .context("starting nats-server")?;
-    let postgres = PostgresCluster::start(PostgresOptions {
-        dir: dir.join("pg"),
-        port: None,
-    })
-    .await
-    .context("starting PostgreSQL")?;
-    let database = postgres.create_database("jetscale").await.or_else(|e| {
-        // Already there from an earlier run.
-        if e.to_string().contains("already exists") {
-            Ok(postgres.url_for("jetscale"))
-        } else {
-            Err(e)
-        }
-    })?;
+    let (nats, postgres) = jetscale::dev::start_stack(&dir)
+        .await
+        .context("starting the private servers")?;
+    // Kept when it is there from an earlier run.
+    let database = postgres.create_database("jetscale").await?;
     let global = Global {
         config: global.config.clone(),
         nats_url: Some(nats.url()),
@@ -218,7 +203,9 @@ pub async fn run_demo(global: &Global, args: DemoArgs) -> anyhow::Result<()> {
         );
     }
     println!();
-    println!("seed 000's anomaly query (devices above 35.0 avg temperature in the last hour):");
+    println!(
+        "the IoT pipeline design's anomaly query (devices above 35.0 avg temperature in the last hour):"
+    );
     print!("{}", anomaly_table(&anomalies));
     drop(stack);
     if stored as u64 != expected_rows {

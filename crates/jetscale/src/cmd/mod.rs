@@ -28,7 +28,8 @@ pub struct Cli {
 /// Where the servers are; these beat what the config file says.
 #[derive(Debug, clap::Args)]
 pub struct Global {
-    /// Collector config file (the OpenTelemetry Collector shape of seed 000).
+    /// Collector config file (the OpenTelemetry Collector shape of the IoT
+    /// pipeline design).
     #[arg(long, short, global = true, env = "JETSCALE_CONFIG")]
     pub config: Option<PathBuf>,
     /// NATS server URL (overrides receivers.nats.url).
@@ -53,7 +54,8 @@ pub enum Command {
     Setup(setup::Args),
     /// Consume the stream into the database until stopped.
     Collect(collect::Args),
-    /// Publish a simulated fleet of devices (the seed's OTLP JSON payload).
+    /// Publish a simulated fleet of devices (the IoT pipeline design's OTLP JSON
+    /// payload).
     Simulate(simulate::Args),
     /// Run the queries users run.
     #[command(subcommand)]

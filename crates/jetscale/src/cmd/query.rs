@@ -1,4 +1,4 @@
-//! `jetscale query`: the seed's anomaly query as a table.
+//! `jetscale query`: the IoT pipeline design's anomaly query as a table.
 
 use super::Global;
 use jetscale::config::units::parse_duration;
@@ -7,7 +7,8 @@ use std::time::Duration;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum QueryCommand {
-    /// Devices whose average reading over a window is above a threshold (seed 000's query).
+    /// Devices whose average reading over a window is above a threshold (the IoT pipeline
+    /// design's query).
     Anomalies(AnomalyArgs),
 }
 

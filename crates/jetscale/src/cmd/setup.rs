@@ -3,7 +3,7 @@
 use super::Global;
 use jetscale::config::Settings;
 use jetscale::exporters::postgres::{self, maintenance, schema};
-use jetscale::receivers::nats::{self, provision::Provisioned};
+use jetscale::receivers::nats::{self, provision::Provisioned, Drift};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -25,25 +25,19 @@ pub async fn run(global: &Global, args: Args) -> anyhow::Result<()> {
 }
 
 fn describe(what: &str, outcome: &Provisioned) -> String {
+    let drift = |d: &[Drift]| {
+        d.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
     match outcome {
         Provisioned::Created => format!("{what}: created"),
         Provisioned::Unchanged => {
             format!("{what}: exists with the configured settings; nothing changed")
         }
-        Provisioned::Updated(d) => format!(
-            "{what}: updated: {}",
-            d.iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ")
-        ),
-        Provisioned::Drifted(d) => format!(
-            "{what}: differs and was NOT changed: {}",
-            d.iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ")
-        ),
+        Provisioned::Updated(d) => format!("{what}: updated: {}", drift(d)),
+        Provisioned::Drifted(d) => format!("{what}: differs and was NOT changed: {}", drift(d)),
     }
 }
 

@@ -1,4 +1,4 @@
-//! `jetscale simulate`: a fleet of devices publishing the seed's payload.
+//! `jetscale simulate`: a fleet of devices publishing the IoT pipeline design's payload.
 
 use super::Global;
 use jetscale::config::units::parse_duration;

@@ -14,6 +14,7 @@
 //! die with this process even when it is killed, and every handle kills its child on drop:
 //! tests never leak servers.
 
+mod child;
 mod nats;
 mod postgres;
 
@@ -25,9 +26,9 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus};
-use std::sync::{mpsc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::process::ExitStatus;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
 
 /// How many lines of a server's log an error message carries.
 const LOG_TAIL_LINES: usize = 30;
@@ -148,6 +149,22 @@ impl DevError {
     }
 }
 
+/// Starts the local stack of `jetscale dev` and the benchmarks: a private nats-server in
+/// `<dir>/nats` and a private PostgreSQL cluster in `<dir>/pg`, each on free ports.
+pub async fn start_stack(dir: &Path) -> Result<(NatsServer, PostgresCluster), DevError> {
+    let nats = NatsServer::start(NatsServerOptions {
+        dir: dir.join("nats"),
+        ..Default::default()
+    })
+    .await?;
+    let postgres = PostgresCluster::start(PostgresOptions {
+        dir: dir.join("pg"),
+        ..Default::default()
+    })
+    .await?;
+    Ok((nats, postgres))
+}
+
 /// Ports handed out by this process, so two servers started back to back never get the same
 /// one (the kernel may return a just-released port again).
 fn issued_ports() -> &'static Mutex<HashSet<u16>> {
@@ -197,185 +214,6 @@ pub fn free_port() -> u16 {
 /// `try_free_port` as a [`DevError`].
 pub(crate) fn pick_port() -> Result<u16, DevError> {
     try_free_port().map_err(|e| DevError::io("finding a free port on 127.0.0.1", e))
-}
-
-/// A request to the spawner thread: the command, and where to send the result.
-type SpawnRequest = (Command, mpsc::SyncSender<io::Result<Child>>);
-
-/// Spawns `cmd` from one long-lived thread with `PR_SET_PDEATHSIG = SIGKILL`.
-///
-/// The kernel sends the parent-death signal when the *thread* that forked the child exits,
-/// not the process: spawning from a tokio worker or blocking-pool thread would kill the server
-/// when that thread is retired. A dedicated thread that lives as long as the process makes
-/// the signal mean "the parent process died".
-pub(crate) fn spawn_supervised(mut cmd: Command) -> io::Result<Child> {
-    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
-
-    // SAFETY: the closure runs in the forked child before exec and only calls the
-    // async-signal-safe functions prctl and getppid.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        let parent = libc::getpid();
-        cmd.pre_exec(move || {
-            // After setuid (std runs pre_exec closures after changing credentials, and a
-            // credential change clears the setting), so it sticks.
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-            // The parent may have died between fork and prctl: then nobody would kill us.
-            if libc::getppid() != parent {
-                return Err(io::Error::other("parent process exited during spawn"));
-            }
-            Ok(())
-        });
-    }
-
-    let sender = SPAWNER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<SpawnRequest>();
-        let started = std::thread::Builder::new()
-            .name("jetscale-dev-spawner".into())
-            .spawn(move || {
-                for (mut cmd, reply) in rx {
-                    let _ = reply.send(cmd.spawn());
-                }
-            });
-        if let Err(err) = started {
-            tracing::warn!(error = %err, "cannot start the spawner thread; children are spawned without it");
-        }
-        Mutex::new(tx)
-    });
-    let (reply_tx, reply_rx) = mpsc::sync_channel(1);
-    let sent = sender
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .send((cmd, reply_tx));
-    match sent {
-        Ok(()) => reply_rx
-            .recv()
-            .unwrap_or_else(|_| Err(io::Error::other("spawner thread is gone"))),
-        // The thread could not be started: spawn here (the signal then follows this thread).
-        Err(mpsc::SendError((mut cmd, _))) => cmd.spawn(),
-    }
-}
-
-/// A child server process we own: signals are only ever sent before it is reaped, so they
-/// cannot hit a recycled pid.
-#[derive(Debug)]
-pub(crate) struct ChildProcess {
-    child: Child,
-    status: Option<ExitStatus>,
-}
-
-impl ChildProcess {
-    pub(crate) fn new(child: Child) -> Self {
-        ChildProcess {
-            child,
-            status: None,
-        }
-    }
-
-    pub(crate) fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Sends `signal` unless the process has already been reaped.
-    pub(crate) fn signal(&mut self, signal: libc::c_int) {
-        if self.try_wait().is_some() {
-            return;
-        }
-        let Ok(pid) = libc::pid_t::try_from(self.child.id()) else {
-            return;
-        };
-        // SAFETY: plain syscall; the pid is our unreaped child, so it names that process.
-        unsafe {
-            libc::kill(pid, signal);
-        }
-    }
-
-    /// The exit status, if the process has exited (reaping it).
-    pub(crate) fn try_wait(&mut self) -> Option<ExitStatus> {
-        if self.status.is_none() {
-            match self.child.try_wait() {
-                Ok(status) => self.status = status,
-                Err(err) => tracing::debug!(error = %err, "waitpid failed"),
-            }
-        }
-        self.status
-    }
-
-    /// Waits up to `timeout` without blocking the async runtime.
-    pub(crate) async fn wait_for(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.try_wait() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Waits up to `timeout`, blocking the thread (for `Drop` and the synchronous kills).
-    pub(crate) fn wait_for_blocking(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.try_wait() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// SIGKILL and reap.
-    pub(crate) fn kill_and_reap(&mut self) {
-        if self.try_wait().is_some() {
-            return;
-        }
-        if let Err(err) = self.child.kill() {
-            tracing::debug!(error = %err, "SIGKILL failed");
-        }
-        match self.child.wait() {
-            Ok(status) => self.status = Some(status),
-            Err(err) => tracing::debug!(error = %err, "waitpid after SIGKILL failed"),
-        }
-    }
-
-    /// Sends `signal` (and SIGCONT, in case the process was paused), waits up to `grace`,
-    /// then SIGKILLs (async).
-    pub(crate) async fn terminate(&mut self, signal: libc::c_int, grace: Duration) {
-        self.signal(signal);
-        self.signal(libc::SIGCONT);
-        if self.wait_for(grace).await.is_none() {
-            tracing::warn!(
-                pid = self.pid(),
-                ?grace,
-                "child did not exit in time, sending SIGKILL"
-            );
-            self.kill_and_reap();
-        }
-    }
-
-    /// Sends `signal` (and SIGCONT, in case the process was paused), waits up to `grace`,
-    /// then SIGKILLs (blocking).
-    pub(crate) fn terminate_blocking(&mut self, signal: libc::c_int, grace: Duration) {
-        self.signal(signal);
-        self.signal(libc::SIGCONT);
-        if self.wait_for_blocking(grace).is_none() {
-            self.kill_and_reap();
-        }
-    }
 }
 
 /// Length of a log file now, so the error of this run shows only this run's lines.

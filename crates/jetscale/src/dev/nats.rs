@@ -10,10 +10,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::{
-    find_in_path, is_executable, log_len, log_tail, open_log, pick_port, prepare_dir,
-    spawn_supervised, ChildProcess, DevError,
-};
+use super::child::{spawn_logged, start_on_port, wait_until_ready, ServerProcess, StartLog};
+use super::{find_in_path, is_executable, log_len, pick_port, prepare_dir, DevError};
 
 /// How long a server has to accept clients and report JetStream healthy.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -74,7 +72,7 @@ pub struct NatsServer {
     binary: PathBuf,
     config_path: PathBuf,
     log_path: PathBuf,
-    child: Option<ChildProcess>,
+    process: ServerProcess,
 }
 
 impl NatsServer {
@@ -87,29 +85,15 @@ impl NatsServer {
         let binary = find_binary()?;
         let sync_always = supports_sync_interval(&binary).await;
         let dir = prepare_dir(&opts.dir)?;
-        let attempts = if opts.port.is_some() { 1 } else { 3 };
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let port = match opts.port {
-                Some(port) => port,
-                None => pick_port()?,
-            };
+        let (opts, dir, binary) = (&opts, &dir, &binary);
+        start_on_port(opts.port, |port| async move {
             let monitor_port = pick_port()?;
             let mut server =
-                NatsServer::prepare(&opts, &dir, &binary, sync_always, port, monitor_port)?;
-            match server.launch(HEALTH_JS_ENABLED).await {
-                Ok(()) => return Ok(server),
-                Err(err) if attempt < attempts && is_port_conflict(&err) => {
-                    tracing::warn!(
-                        port,
-                        monitor_port,
-                        "port taken meanwhile, retrying with new ports"
-                    );
-                }
-                Err(err) => return Err(err),
-            }
-        }
+                NatsServer::prepare(opts, dir, binary, sync_always, port, monitor_port)?;
+            server.launch(HEALTH_JS_ENABLED).await?;
+            Ok(server)
+        })
+        .await
     }
 
     /// Writes `nats.conf` for the given ports without starting anything.
@@ -132,7 +116,7 @@ impl NatsServer {
             binary: binary.to_path_buf(),
             config_path,
             log_path: dir.join("nats.log"),
-            child: None,
+            process: ServerProcess::default(),
         })
     }
 
@@ -150,83 +134,31 @@ impl NatsServer {
     }
 
     fn spawn(&mut self) -> Result<(), DevError> {
-        let (stdout, stderr) = open_log(&self.log_path)?;
         let mut cmd = Command::new(&self.binary);
-        cmd.arg("-c")
-            .arg(&self.config_path)
-            .current_dir(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr);
-        let child = spawn_supervised(cmd).map_err(|source| DevError::Spawn {
-            program: self.binary.clone(),
-            source,
-        })?;
-        tracing::debug!(pid = child.id(), port = self.port, dir = %self.dir.display(), "nats-server started");
-        self.child = Some(ChildProcess::new(child));
+        cmd.arg("-c").arg(&self.config_path).current_dir(&self.dir);
+        let child = spawn_logged(cmd, &self.log_path)?;
+        tracing::debug!(pid = child.pid(), port = self.port, dir = %self.dir.display(), "nats-server started");
+        self.process.started(child);
         Ok(())
     }
 
-    fn what(&self) -> String {
-        format!("nats-server on port {} ({})", self.port, self.dir.display())
+    /// What the errors of a start that began when the log was `log_from` long name.
+    fn start_log(&self, log_from: u64) -> StartLog {
+        StartLog {
+            what: format!("nats-server on port {} ({})", self.port, self.dir.display()),
+            log: self.log_path.clone(),
+            from: log_from,
+        }
     }
 
     /// Polls until `health_path` answers 200 and the client port is served by this very
     /// server (not by another one holding the port).
     async fn wait_ready(&mut self, health_path: &str, log_from: u64) -> Result<(), DevError> {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait()) {
-                self.child = None;
-                return Err(DevError::Exited {
-                    what: self.what(),
-                    status,
-                    log: self.log_path.clone(),
-                    tail: log_tail(&self.log_path, log_from),
-                });
-            }
-            let detail = match http_get(self.monitor_port, health_path).await {
-                Ok((200, _)) => match self.serves_client_port().await {
-                    Ok(()) => return Ok(()),
-                    Err(detail) => detail,
-                },
-                Ok((status, body)) => format!("GET {health_path}: {status} {}", body.trim()),
-                Err(err) => format!("GET {health_path}: {err}"),
-            };
-            if Instant::now() >= deadline {
-                return Err(DevError::NotReady {
-                    what: self.what(),
-                    timeout: READY_TIMEOUT,
-                    detail,
-                    log: self.log_path.clone(),
-                    tail: log_tail(&self.log_path, log_from),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Whether the client port is served by *this* server: the `server_id` in the INFO line
-    /// a client receives must equal the one `/varz` reports. A bare TCP connect is not
-    /// enough, since another server may hold the port while ours is about to fail binding it.
-    async fn serves_client_port(&self) -> Result<(), String> {
-        let ours = match http_get(self.monitor_port, "/varz").await {
-            Ok((200, body)) => json_str(&body, "server_id")
-                .ok_or_else(|| "GET /varz: no server_id in the answer".to_owned())?,
-            Ok((status, _)) => return Err(format!("GET /varz: {status}")),
-            Err(err) => return Err(format!("GET /varz: {err}")),
-        };
-        let theirs = client_info_server_id(self.port)
-            .await
-            .map_err(|err| format!("client port {}: {err}", self.port))?;
-        if theirs == ours {
-            Ok(())
-        } else {
-            Err(format!(
-                "client port {} answers as server {theirs}, not as ours ({ours})",
-                self.port
-            ))
-        }
+        let start = self.start_log(log_from);
+        let (port, monitor_port) = (self.port, self.monitor_port);
+        let probe = || is_ready(port, monitor_port, health_path);
+        let interval = Duration::from_millis(50);
+        wait_until_ready(&mut self.process, &start, READY_TIMEOUT, interval, probe).await
     }
 
     /// The client URL, `nats://127.0.0.1:PORT`.
@@ -262,45 +194,34 @@ impl NatsServer {
 
     /// The process id while the server runs, to send it signals of one's own.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(ChildProcess::pid)
+        self.process.pid()
     }
 
     /// Whether the process is still alive (reaps it if it exited on its own).
     pub fn is_running(&mut self) -> bool {
-        match self.child.as_mut() {
-            Some(child) => child.try_wait().is_none(),
-            None => false,
-        }
+        self.process.is_running()
     }
 
     /// Kills the server at once (SIGKILL) and waits for it: a crash, as far as clients and
     /// the store can tell. Does nothing when it is not running.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill_and_reap();
-        }
+        self.process.stop_blocking(&[]);
     }
 
     /// Stops the server cleanly (SIGTERM), SIGKILL after 10 s.
     pub async fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.terminate(libc::SIGTERM, STOP_GRACE).await;
-        }
+        self.process.stop(&[(libc::SIGTERM, STOP_GRACE)]).await;
     }
 
     /// Freezes the server (SIGSTOP) to simulate a hung process: connections stay open but
     /// nothing is answered. [`NatsServer::resume`] undoes it.
     pub fn pause(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            child.signal(libc::SIGSTOP);
-        }
+        self.process.pause();
     }
 
     /// Resumes a server frozen by [`NatsServer::pause`] (SIGCONT).
     pub fn resume(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            child.signal(libc::SIGCONT);
-        }
+        self.process.resume();
     }
 
     /// Stops the server if it runs, then starts it again with the same port, config and store.
@@ -314,10 +235,9 @@ impl NatsServer {
     /// the server is still running. In a cluster, follow it with
     /// [`NatsServer::wait_for_meta_leader`] before relying on JetStream.
     pub async fn start_again(&mut self) -> Result<(), DevError> {
-        if self.is_running() {
+        if !self.process.needs_start() {
             return Ok(());
         }
-        self.child = None;
         self.launch(HEALTH_JS_ENABLED).await
     }
 
@@ -325,16 +245,10 @@ impl NatsServer {
     /// standalone server has no meta group and times out), returning the leader's name.
     pub async fn wait_for_meta_leader(&mut self, timeout: Duration) -> Result<String, DevError> {
         let deadline = Instant::now() + timeout;
-        let log_from = log_len(&self.log_path).saturating_sub(16 * 1024);
+        let start = self.start_log(log_len(&self.log_path).saturating_sub(16 * 1024));
         loop {
             if !self.is_running() {
-                return Err(DevError::NotReady {
-                    what: self.what(),
-                    timeout,
-                    detail: "the server is not running".into(),
-                    log: self.log_path.clone(),
-                    tail: log_tail(&self.log_path, log_from),
-                });
+                return Err(start.not_ready(timeout, "the server is not running".into()));
             }
             let detail = match http_get(self.monitor_port, "/jsz").await {
                 Ok((200, body)) => match meta_leader(&body) {
@@ -345,13 +259,7 @@ impl NatsServer {
                 Err(err) => format!("GET /jsz: {err}"),
             };
             if Instant::now() >= deadline {
-                return Err(DevError::NotReady {
-                    what: self.what(),
-                    timeout,
-                    detail,
-                    log: self.log_path.clone(),
-                    tail: log_tail(&self.log_path, log_from),
-                });
+                return Err(start.not_ready(timeout, detail));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -535,9 +443,35 @@ fn render_config(
     Ok(config)
 }
 
-/// Whether a failed start was another process taking our port between pick and bind.
-fn is_port_conflict(err: &DevError) -> bool {
-    matches!(err, DevError::Exited { tail, .. } if tail.to_ascii_lowercase().contains("address already in use"))
+/// Whether the server answers 200 on `health_path` and the client port is served by it.
+async fn is_ready(port: u16, monitor_port: u16, health_path: &str) -> Result<(), String> {
+    match http_get(monitor_port, health_path).await {
+        Ok((200, _)) => serves_client_port(port, monitor_port).await,
+        Ok((status, body)) => Err(format!("GET {health_path}: {status} {}", body.trim())),
+        Err(err) => Err(format!("GET {health_path}: {err}")),
+    }
+}
+
+/// Whether the client port is served by *this* server: the `server_id` in the INFO line a
+/// client receives must equal the one `/varz` reports. A bare TCP connect is not enough,
+/// since another server may hold the port while ours is about to fail binding it.
+async fn serves_client_port(port: u16, monitor_port: u16) -> Result<(), String> {
+    let ours = match http_get(monitor_port, "/varz").await {
+        Ok((200, body)) => json_str(&body, "server_id")
+            .ok_or_else(|| "GET /varz: no server_id in the answer".to_owned())?,
+        Ok((status, _)) => return Err(format!("GET /varz: {status}")),
+        Err(err) => return Err(format!("GET /varz: {err}")),
+    };
+    let theirs = client_info_server_id(port)
+        .await
+        .map_err(|err| format!("client port {port}: {err}"))?;
+    if theirs == ours {
+        Ok(())
+    } else {
+        Err(format!(
+            "client port {port} answers as server {theirs}, not as ours ({ours})"
+        ))
+    }
 }
 
 /// A top-level string field of a JSON document.
@@ -557,22 +491,33 @@ async fn client_info_server_id(port: u16) -> io::Result<String> {
         tokio::io::AsyncBufReadExt::read_until(&mut reader, b'\n', &mut line).await?;
         Ok::<_, io::Error>(line)
     };
-    let line = tokio::time::timeout(Duration::from_secs(2), read_info)
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no INFO within 2 s"))??;
+    let line = within_2s(read_info, "no INFO").await?;
     let text = String::from_utf8_lossy(&line);
     text.trim_end()
         .strip_prefix("INFO ")
         .and_then(|json| json_str(json, "server_id"))
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "not a NATS INFO line: {:?}",
-                    text.chars().take(80).collect::<String>()
-                ),
-            )
-        })
+        .ok_or_else(|| unexpected("a NATS INFO line", &text))
+}
+
+/// `exchange` given two seconds; `silence` says what was missing when it took longer.
+async fn within_2s<T>(
+    exchange: impl std::future::Future<Output = io::Result<T>>,
+    silence: &str,
+) -> io::Result<T> {
+    tokio::time::timeout(Duration::from_secs(2), exchange)
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("{silence} within 2 s")))?
+}
+
+/// An answer that is not `expected` (`a NATS INFO line`), quoted (its first 80 characters).
+fn unexpected(expected: &str, text: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!(
+            "not {expected}: {:?}",
+            text.chars().take(80).collect::<String>()
+        ),
+    )
 }
 
 /// The meta leader's name from a `/jsz` body, if one is elected.
@@ -595,24 +540,14 @@ async fn http_get(port: u16, path: &str) -> io::Result<(u16, String)> {
         stream.take(MAX_RESPONSE).read_to_end(&mut response).await?;
         Ok::<_, io::Error>(response)
     };
-    let response = tokio::time::timeout(Duration::from_secs(2), exchange)
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer within 2 s"))??;
+    let response = within_2s(exchange, "no answer").await?;
     let text = String::from_utf8_lossy(&response);
     let status = text
         .lines()
         .next()
         .and_then(|line| line.split_whitespace().nth(1))
         .and_then(|code| code.parse().ok())
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "not an HTTP response: {:?}",
-                    text.chars().take(80).collect::<String>()
-                ),
-            )
-        })?;
+        .ok_or_else(|| unexpected("an HTTP response", &text))?;
     let body = text
         .split_once("\r\n\r\n")
         .map(|(_, body)| body.to_owned())
@@ -725,16 +660,21 @@ mod tests {
         assert!(!server.is_running());
     }
 
-    #[tokio::test]
-    async fn extra_config_is_applied() {
-        let tmp = tempfile::tempdir().unwrap();
-        let server = NatsServer::start(NatsServerOptions {
-            dir: tmp.path().to_path_buf(),
-            extra_config: "authorization { token: s3cret }".into(),
+    async fn start_with(dir: &Path, extra_config: &str) -> Result<NatsServer, DevError> {
+        NatsServer::start(NatsServerOptions {
+            dir: dir.to_path_buf(),
+            extra_config: extra_config.into(),
             ..Default::default()
         })
         .await
-        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn extra_config_is_applied() {
+        let tmp = tempfile::tempdir().unwrap();
+        let server = start_with(tmp.path(), "authorization { token: s3cret }")
+            .await
+            .unwrap();
         assert!(
             async_nats::connect(server.url()).await.is_err(),
             "the token from extra_config must be required"
@@ -748,13 +688,9 @@ mod tests {
     #[tokio::test]
     async fn bad_config_fails_with_log_tail() {
         let tmp = tempfile::tempdir().unwrap();
-        let err = NatsServer::start(NatsServerOptions {
-            dir: tmp.path().to_path_buf(),
-            extra_config: "this is { not valid".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+        let err = start_with(tmp.path(), "this is { not valid")
+            .await
+            .unwrap_err();
         let message = err.to_string();
         assert!(matches!(err, DevError::Exited { .. }), "{message}");
         assert!(message.contains("nats.log"), "{message}");

@@ -7,16 +7,14 @@ use std::ffi::CString;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
-use super::{
-    find_in_path, is_executable, log_len, log_tail, open_log, pick_port, prepare_dir,
-    spawn_supervised, ChildProcess, DevError,
-};
+use super::child::{spawn_logged, start_on_port, wait_until_ready, ServerProcess, StartLog};
+use super::{find_in_path, is_executable, log_len, log_tail, prepare_dir, DevError};
 
 /// How long the server has to accept a connection (includes crash recovery after a kill).
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -90,7 +88,7 @@ pub struct PostgresCluster {
     binaries: Binaries,
     run_as: Option<RunAs>,
     log_path: PathBuf,
-    child: Option<ChildProcess>,
+    process: ServerProcess,
     /// `shared_preload_libraries`, comma-separated; empty for none.
     preload: String,
 }
@@ -129,14 +127,8 @@ impl PostgresCluster {
         if !data_dir.join("PG_VERSION").exists() {
             initdb(&binaries, &dir, &data_dir, run_as).await?;
         }
-        let attempts = if opts.port.is_some() { 1 } else { 3 };
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let port = match opts.port {
-                Some(port) => port,
-                None => pick_port()?,
-            };
+        let (dir, data_dir, binaries) = (&dir, &data_dir, &binaries);
+        start_on_port(opts.port, |port| async move {
             let mut cluster = PostgresCluster {
                 port,
                 dir: dir.clone(),
@@ -144,17 +136,13 @@ impl PostgresCluster {
                 binaries: binaries.clone(),
                 run_as,
                 log_path: dir.join("postgres.log"),
-                child: None,
+                process: ServerProcess::default(),
                 preload: libraries.join(","),
             };
-            match cluster.launch().await {
-                Ok(()) => return Ok(cluster),
-                Err(err) if attempt < attempts && exit_log_contains(&err, "already in use") => {
-                    tracing::warn!(port, "port taken meanwhile, retrying with a new port");
-                }
-                Err(err) => return Err(err),
-            }
-        }
+            cluster.launch().await?;
+            Ok(cluster)
+        })
+        .await
     }
 
     /// Spawns the postmaster and waits until it accepts connections. Retries for a while when
@@ -186,7 +174,6 @@ impl PostgresCluster {
     }
 
     fn spawn(&mut self) -> Result<(), DevError> {
-        let (stdout, stderr) = open_log(&self.log_path)?;
         let socket_dir = if self.dir.as_os_str().len() + "/.s.PGSQL.65535.lock".len()
             <= MAX_SOCKET_PATH
         {
@@ -223,10 +210,7 @@ impl PostgresCluster {
                 "log_min_messages=warning",
             ])
             .current_dir(&self.dir)
-            .env_remove("PGDATA")
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr);
+            .env_remove("PGDATA");
         if !self.preload.is_empty() {
             cmd.arg("-c")
                 .arg(format!("shared_preload_libraries={}", self.preload));
@@ -234,85 +218,27 @@ impl PostgresCluster {
         if let Some(user) = self.run_as {
             cmd.uid(user.uid).gid(user.gid);
         }
-        let child = spawn_supervised(cmd).map_err(|source| DevError::Spawn {
-            program: self.binaries.postgres.clone(),
-            source,
-        })?;
-        tracing::debug!(pid = child.id(), port = self.port, dir = %self.dir.display(), "postgres started");
-        self.child = Some(ChildProcess::new(child));
+        let child = spawn_logged(cmd, &self.log_path)?;
+        tracing::debug!(pid = child.pid(), port = self.port, dir = %self.dir.display(), "postgres started");
+        self.process.started(child);
         Ok(())
-    }
-
-    fn what(&self) -> String {
-        format!(
-            "postgres on port {} ({})",
-            self.port,
-            self.data_dir.display()
-        )
     }
 
     /// Polls until a connection succeeds, failing early if the postmaster exits.
     async fn wait_ready(&mut self, log_from: u64) -> Result<(), DevError> {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        let url = self.url();
-        loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait()) {
-                self.child = None;
-                return Err(DevError::Exited {
-                    what: self.what(),
-                    status,
-                    log: self.log_path.clone(),
-                    tail: log_tail(&self.log_path, log_from),
-                });
-            }
-            let attempt =
-                tokio::time::timeout(Duration::from_secs(2), tokio_postgres::connect(&url, NoTls));
-            let detail = match attempt.await {
-                Ok(Ok((client, connection))) => {
-                    let connection = tokio::spawn(connection);
-                    let checked = self.is_ours(&client).await;
-                    drop(client);
-                    let _ = connection.await;
-                    match checked {
-                        Ok(()) => return Ok(()),
-                        Err(detail) => detail,
-                    }
-                }
-                Ok(Err(err)) => format!("connect: {err}"),
-                Err(_) => "connect: no answer within 2 s".to_owned(),
-            };
-            if Instant::now() >= deadline {
-                return Err(DevError::NotReady {
-                    what: self.what(),
-                    timeout: READY_TIMEOUT,
-                    detail,
-                    log: self.log_path.clone(),
-                    tail: log_tail(&self.log_path, log_from),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Whether the server answering on our port is ours: its `data_directory` must be our
-    /// data directory. Another server may hold the port while ours is about to fail binding
-    /// it, and may well let `postgres` in.
-    async fn is_ours(&self, client: &tokio_postgres::Client) -> Result<(), String> {
-        let row = client
-            .query_one("SHOW data_directory", &[])
-            .await
-            .map_err(|err| format!("SHOW data_directory: {err}"))?;
-        let theirs: String = row
-            .try_get(0)
-            .map_err(|err| format!("SHOW data_directory: {err}"))?;
-        if Path::new(&theirs) == self.data_dir {
-            Ok(())
-        } else {
-            Err(format!(
-                "port {} answers with data directory {theirs}, not ours",
-                self.port
-            ))
-        }
+        let start = StartLog {
+            what: format!(
+                "postgres on port {} ({})",
+                self.port,
+                self.data_dir.display()
+            ),
+            log: self.log_path.clone(),
+            from: log_from,
+        };
+        let (url, data_dir, port) = (self.url(), &self.data_dir, self.port);
+        let probe = || is_ready(&url, data_dir, port);
+        let interval = Duration::from_millis(100);
+        wait_until_ready(&mut self.process, &start, READY_TIMEOUT, interval, probe).await
     }
 
     /// The superuser URL of the `postgres` database,
@@ -349,15 +275,12 @@ impl PostgresCluster {
 
     /// The postmaster's pid while it runs.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(ChildProcess::pid)
+        self.process.pid()
     }
 
     /// Whether the postmaster is still alive (reaps it if it exited on its own).
     pub fn is_running(&mut self) -> bool {
-        match self.child.as_mut() {
-            Some(child) => child.try_wait().is_none(),
-            None => false,
-        }
+        self.process.is_running()
     }
 
     /// Connects as the superuser to database `db`, driving the connection on a tokio task.
@@ -415,41 +338,26 @@ impl PostgresCluster {
     /// start runs crash recovery, as after a power cut of the server process. Blocks the
     /// calling thread for that time. Does nothing when not running.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.terminate_blocking(libc::SIGQUIT, QUIT_GRACE);
-        }
+        self.process.stop_blocking(&[(libc::SIGQUIT, QUIT_GRACE)]);
     }
 
     /// Fast shutdown (SIGINT: disconnect clients, checkpoint, exit) and wait; immediate
-    /// shutdown after 30 s, SIGKILL 5 s later.
+    /// shutdown (SIGQUIT) after 30 s, SIGKILL 5 s later.
     pub async fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.signal(libc::SIGINT);
-            child.signal(libc::SIGCONT);
-            if child.wait_for(STOP_GRACE).await.is_none() {
-                tracing::warn!(
-                    port = self.port,
-                    "postgres fast shutdown timed out; immediate shutdown"
-                );
-                child.terminate(libc::SIGQUIT, QUIT_GRACE).await;
-            }
-        }
+        let rungs = [(libc::SIGINT, STOP_GRACE), (libc::SIGQUIT, QUIT_GRACE)];
+        self.process.stop(&rungs).await;
     }
 
     /// Freezes the postmaster (SIGSTOP): existing sessions keep working (backends are
     /// separate processes) but no new connection is accepted. [`PostgresCluster::resume`]
     /// undoes it.
     pub fn pause(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            child.signal(libc::SIGSTOP);
-        }
+        self.process.pause();
     }
 
     /// Resumes a postmaster frozen by [`PostgresCluster::pause`] (SIGCONT).
     pub fn resume(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            child.signal(libc::SIGCONT);
-        }
+        self.process.resume();
     }
 
     /// Stops the cluster if it runs (fast shutdown), then starts it again.
@@ -462,10 +370,9 @@ impl PostgresCluster {
     /// with the same directory and port, and waits until it accepts connections (after crash
     /// recovery, if it was killed). Does nothing when it is still running.
     pub async fn start_again(&mut self) -> Result<(), DevError> {
-        if self.is_running() {
+        if !self.process.needs_start() {
             return Ok(());
         }
-        self.child = None;
         self.launch().await
     }
 }
@@ -473,6 +380,34 @@ impl PostgresCluster {
 impl Drop for PostgresCluster {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Whether a connection to `url` succeeds and the server answering on `port` is ours: its
+/// `data_directory` must be our data directory. Another server may hold the port while ours
+/// is about to fail binding it, and may well let `postgres` in.
+async fn is_ready(url: &str, data_dir: &Path, port: u16) -> Result<(), String> {
+    let attempt = tokio::time::timeout(Duration::from_secs(2), tokio_postgres::connect(url, NoTls));
+    let (client, connection) = match attempt.await {
+        Ok(Ok(connected)) => connected,
+        Ok(Err(err)) => return Err(format!("connect: {err}")),
+        Err(_) => return Err("connect: no answer within 2 s".to_owned()),
+    };
+    let connection = tokio::spawn(connection);
+    let theirs = client
+        .query_one("SHOW data_directory", &[])
+        .await
+        .and_then(|row| row.try_get::<_, String>(0))
+        .map_err(|err| format!("SHOW data_directory: {err}"));
+    drop(client);
+    let _ = connection.await;
+    let theirs = theirs?;
+    if Path::new(&theirs) == data_dir {
+        Ok(())
+    } else {
+        Err(format!(
+            "port {port} answers with data directory {theirs}, not ours"
+        ))
     }
 }
 
@@ -642,25 +577,17 @@ async fn initdb(
 ) -> Result<(), DevError> {
     let log = dir.join("initdb.log");
     let log_from = log_len(&log);
-    let (stdout, stderr) = open_log(&log)?;
     let mut cmd = Command::new(&binaries.initdb);
     cmd.arg("-D")
         .arg(data_dir)
         .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"])
         .arg(format!("--locale={}", initdb_locale()))
         .current_dir(dir)
-        .env_remove("PGDATA")
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr);
+        .env_remove("PGDATA");
     if let Some(user) = run_as {
         cmd.uid(user.uid).gid(user.gid);
     }
-    let child = spawn_supervised(cmd).map_err(|source| DevError::Spawn {
-        program: binaries.initdb.clone(),
-        source,
-    })?;
-    let mut child = ChildProcess::new(child);
+    let mut child = spawn_logged(cmd, &log)?;
     let failure = match child.wait_for(INITDB_TIMEOUT).await {
         Some(status) if status.success() => return Ok(()),
         Some(status) => status.to_string(),

@@ -4,8 +4,6 @@
 //! values a device produces depend only on (seed, device, message number), never on scheduling
 //! or on how fast the server acknowledges.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use super::payload::{write_payload, METRICS};
 use super::SimulateOptions;
 
@@ -202,7 +200,7 @@ impl Device {
 }
 
 /// `warehouse-a` .. `warehouse-z`, then `warehouse-aa`, ... (bijective base 26), so any location
-/// count gets distinct, seed-like names.
+/// count gets distinct names like the IoT pipeline design's.
 pub(crate) fn location_name(index: u32) -> String {
     let mut n = u64::from(index) + 1;
     let mut letters = Vec::new();
@@ -215,13 +213,6 @@ pub(crate) fn location_name(index: u32) -> String {
     let mut name = String::from("warehouse-");
     name.extend(letters.into_iter().map(char::from));
     name
-}
-
-/// Nanoseconds since the Unix epoch from the wall clock (0 if the clock is before 1970).
-pub(crate) fn now_unix_nano() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
 fn uniform(rng: &mut fastrand::Rng, (lo, hi): (f64, f64)) -> f64 {
@@ -262,6 +253,7 @@ pub(crate) fn metric_name(i: usize) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use jetscale_model::now_unix_nanos;
     use std::time::Instant;
 
     fn opts(devices: u32, seed: u64) -> SimulateOptions {
@@ -377,7 +369,7 @@ mod tests {
         for k in 0..n {
             let i = k % fleet.len();
             let m = fleet
-                .next_message(i, now_unix_nano(), &mut buf)
+                .next_message(i, now_unix_nanos(), &mut buf)
                 .expect("device");
             let payload = bytes::Bytes::copy_from_slice(&buf);
             bytes += payload.len() + (m.seq as usize & 1);

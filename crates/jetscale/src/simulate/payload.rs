@@ -1,27 +1,27 @@
-//! The seed's OTLP JSON device payload, written by hand into a reused buffer.
+//! The IoT pipeline design's OTLP JSON device payload, written by hand into a reused buffer.
 //!
 //! serde_json per message would allocate a tree of maps for every message and dominate the
 //! simulator's CPU time; the shape never changes, only three timestamps and three doubles do.
 //! Doubles go through `ryu` (shortest representation that parses back to the same bits), so the
 //! collector can store exactly what the simulator generated.
 
-/// The seed's three gauges, in its order: OTLP metric name and UCUM unit.
+/// The IoT pipeline design's three gauges, in its order: OTLP metric name and UCUM unit.
 pub const METRICS: [(&str, &str); 3] = [
     ("device.temperature", "Cel"),
     ("device.humidity", "%"),
     ("device.battery", "%"),
 ];
 
-/// The seed's `service.name` resource attribute.
+/// The `service.name` resource attribute of the IoT pipeline design's devices.
 pub const SERVICE_NAME: &str = "iot-sensor";
 
-/// Writes one device message in the seed's shape into `out` (cleared first).
+/// Writes one device message in the IoT pipeline design's shape into `out` (cleared first).
 ///
-/// The three points get `time_unix_nano`, `+1` and `+2` ns: the seed calls `time.time_ns()`
-/// once per point, so its points differ slightly too, and distinct times keep every
-/// (device, metric, time) unique downstream. `values` are temperature, humidity and battery, in
-/// the order of [`METRICS`]. Non-finite values (never produced by the simulator) are written as
-/// `null` so the output is always valid JSON.
+/// The three points get `time_unix_nano`, `+1` and `+2` ns: the design's Python device calls
+/// `time.time_ns()` once per point, so its points differ slightly too, and distinct times keep
+/// every (device, metric, time) unique downstream. `values` are temperature, humidity and
+/// battery, in the order of [`METRICS`]. Non-finite values (never produced by the simulator)
+/// are written as `null` so the output is always valid JSON.
 pub fn write_payload(
     out: &mut Vec<u8>,
     device_id: &str,
@@ -111,7 +111,7 @@ mod tests {
     }
 
     #[test]
-    fn payload_has_the_seed_shape_and_doubles_round_trip() {
+    fn payload_has_the_iot_design_shape_and_doubles_round_trip() {
         let mut rng = fastrand::Rng::with_seed(7);
         let mut buf = Vec::new();
         for n in 0..20_000u32 {

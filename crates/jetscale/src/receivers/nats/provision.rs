@@ -407,7 +407,7 @@ mod tests {
 
     #[test]
     fn drift_is_reported_setting_by_setting() {
-        let seed_000 = StreamSettings {
+        let iot_pipeline = StreamSettings {
             name: "TELEMETRY".into(),
             subjects: vec!["telemetry.>".into()],
             retention: "limits".into(),
@@ -418,13 +418,16 @@ mod tests {
             discard: "old".into(),
             duplicate_window: Duration::from_secs(120),
         };
-        let seed_001 = StreamSettings {
+        let service_design = StreamSettings {
             max_age: Duration::from_secs(7 * 86_400),
             max_bytes: 1_000_000_000,
             duplicate_window: Duration::from_secs(5),
-            ..seed_000.clone()
+            ..iot_pipeline.clone()
         };
-        let d = drifts(&stream_config(&seed_000), &stream_config(&seed_001));
+        let d = drifts(
+            &stream_config(&iot_pipeline),
+            &stream_config(&service_design),
+        );
         let names: Vec<_> = d.iter().map(|d| d.setting).collect();
         assert_eq!(names, vec!["max_age", "max_bytes", "duplicate_window"]);
         assert!(d.iter().all(|d| d.updatable));
