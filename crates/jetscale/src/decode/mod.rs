@@ -80,6 +80,36 @@ pub trait RecordSink {
     fn log(&mut self, log: &LogRecord<'_>) -> Result<(), Rejection>;
 }
 
+/// A sink that keeps nothing but a count of the records it is given: for measuring or
+/// fuzzing the decoders alone.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Discard {
+    /// Records received, of every kind.
+    pub records: u64,
+}
+
+impl Discard {
+    fn count(&mut self) -> Result<(), Rejection> {
+        self.records += 1;
+        Ok(())
+    }
+}
+
+impl RecordSink for Discard {
+    fn metric(&mut self, _: &MetricPoint<'_>) -> Result<(), Rejection> {
+        self.count()
+    }
+    fn distribution(&mut self, _: &DistributionPoint<'_>) -> Result<(), Rejection> {
+        self.count()
+    }
+    fn span(&mut self, _: &SpanRecord<'_>) -> Result<(), Rejection> {
+        self.count()
+    }
+    fn log(&mut self, _: &LogRecord<'_>) -> Result<(), Rejection> {
+        self.count()
+    }
+}
+
 /// What every decoder needs besides the bytes: limits, processors and the clock.
 #[derive(Debug, Clone)]
 pub struct DecodeContext<'a> {
