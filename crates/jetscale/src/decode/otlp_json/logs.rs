@@ -1,6 +1,6 @@
 //! OTLP/JSON `ExportLogsServiceRequest` to log rows: severity number (number or name) and
 //! text, a body of any `AnyValue` kind, trace context, flags, attributes. The structs are
-//! also what the protobuf decoder converts into, so both encodings share [`emit_logs`].
+//! also what the protobuf decoder converts into, so both encodings share `emit_logs`.
 
 use super::{
     check_count, enum_number, flags32, hex_id, nanos, parse, resolve_resource, EnumNames, Resource,

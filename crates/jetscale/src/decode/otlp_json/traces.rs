@@ -1,7 +1,7 @@
 //! OTLP/JSON `ExportTraceServiceRequest` to span rows. Every span field is kept: ids (hex,
 //! case-insensitive, stored lowercase), parent, trace state, flags, name, kind (number or
 //! name), times, attributes, events, links and status. The structs are also what the
-//! protobuf decoder converts into, so both encodings share [`emit_traces`].
+//! protobuf decoder converts into, so both encodings share `emit_traces`.
 
 use super::{
     check_count, enum_number, flags32, hex_id, nanos, parse, resolve_resource, EnumNames, Resource,
