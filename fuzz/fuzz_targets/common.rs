@@ -1,39 +1,39 @@
-//! What every decode target shares: a sink that discards, a fixed clock, one resource
-//! processor (so the upsert path runs too).
+//! What every decode target shares: the subjects a message may arrive on, a fixed clock, one
+//! resource processor (so the upsert path runs too), and the first byte of the input as the
+//! pick of subject and headers.
 
 use jetscale::config::{AttributeAction, AttributeActionKind, Encoding, Limits};
-use jetscale::decode::{DecodeContext, Incoming, RecordSink, Rejection};
-use jetscale_model::{DistributionPoint, LogRecord, MetricPoint, SpanRecord};
-
-/// Accepts every record and keeps nothing.
-pub struct Discard;
-
-impl RecordSink for Discard {
-    fn metric(&mut self, _: &MetricPoint<'_>) -> Result<(), Rejection> {
-        Ok(())
-    }
-    fn distribution(&mut self, _: &DistributionPoint<'_>) -> Result<(), Rejection> {
-        Ok(())
-    }
-    fn span(&mut self, _: &SpanRecord<'_>) -> Result<(), Rejection> {
-        Ok(())
-    }
-    fn log(&mut self, _: &LogRecord<'_>) -> Result<(), Rejection> {
-        Ok(())
-    }
-}
+use jetscale::decode::{DecodeContext, Discard, Incoming};
 
 /// The subjects a message may arrive on (the protobuf signal can come from the subject).
-pub const SUBJECTS: [&str; 4] = [
+const SUBJECTS: [&str; 4] = [
     "telemetry.metrics.sensor-001",
     "telemetry.spans.api.run-1",
     "telemetry.logs.api.error",
     "other.subject",
 ];
 
+/// The subject `pick` chooses.
+pub fn subject(pick: u8) -> &'static str {
+    SUBJECTS[usize::from(pick) % SUBJECTS.len()]
+}
+
+/// A message's subject, `Content-Type` and `Jetscale-Format` headers.
+pub type Envelope = (&'static str, Option<&'static str>, Option<&'static str>);
+
+/// Decodes `data` after its first byte, on the subject and with the headers that `envelope`
+/// makes of that byte.
+pub fn decode_picked(data: &[u8], envelope: impl FnOnce(u8) -> Envelope) {
+    let Some((&pick, payload)) = data.split_first() else {
+        return;
+    };
+    let (subject, content_type, format) = envelope(pick);
+    decode(subject, content_type, format, payload);
+}
+
 /// Decodes `payload` with the default limits and a fixed time window (2020 to 2033), so a
 /// run is reproducible.
-pub fn decode(subject: &str, content_type: Option<&str>, format: Option<&str>, payload: &[u8]) {
+fn decode(subject: &str, content_type: Option<&str>, format: Option<&str>, payload: &[u8]) {
     let limits = Limits::default();
     let actions = [AttributeAction {
         key: "pipeline.processed_at".into(),
@@ -54,5 +54,5 @@ pub fn decode(subject: &str, content_type: Option<&str>, format: Option<&str>, p
         format_header: format,
         payload,
     };
-    let _ = jetscale::decode::decode(&msg, &ctx, &mut Discard);
+    let _ = jetscale::decode::decode(&msg, &ctx, &mut Discard::default());
 }

@@ -7,9 +7,5 @@ mod common;
 
 fuzz_target!(|data: &[u8]| {
     // The first byte picks the subject; the rest is the payload.
-    let Some((&pick, payload)) = data.split_first() else {
-        return;
-    };
-    let subject = common::SUBJECTS[usize::from(pick) % common::SUBJECTS.len()];
-    common::decode(subject, None, None, payload);
+    common::decode_picked(data, |pick| (common::subject(pick), None, None));
 });

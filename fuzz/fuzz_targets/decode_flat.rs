@@ -1,4 +1,5 @@
-//! `jetscale::decode::decode` told the payload is one of seed 001's flat records.
+//! `jetscale::decode::decode` told the payload is one of the NATS-native service design's flat
+//! records.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
@@ -8,10 +9,8 @@ mod common;
 const HINTS: [&str; 3] = ["flat-span", "flat-metric", "flat-log"];
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&pick, payload)) = data.split_first() else {
-        return;
-    };
-    let hint = HINTS[usize::from(pick) % HINTS.len()];
-    let subject = common::SUBJECTS[usize::from(pick >> 2) % common::SUBJECTS.len()];
-    common::decode(subject, None, Some(hint), payload);
+    common::decode_picked(data, |pick| {
+        let hint = HINTS[usize::from(pick) % HINTS.len()];
+        (common::subject(pick >> 2), None, Some(hint))
+    });
 });

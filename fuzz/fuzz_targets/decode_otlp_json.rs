@@ -7,13 +7,12 @@ use libfuzzer_sys::fuzz_target;
 mod common;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&pick, payload)) = data.split_first() else {
-        return;
-    };
-    let subject = common::SUBJECTS[usize::from(pick) % common::SUBJECTS.len()];
-    if pick & 0x80 == 0 {
-        common::decode(subject, None, Some("otlp-json"), payload);
-    } else {
-        common::decode(subject, Some("application/json"), None, payload);
-    }
+    common::decode_picked(data, |pick| {
+        let subject = common::subject(pick);
+        if pick & 0x80 == 0 {
+            (subject, None, Some("otlp-json"))
+        } else {
+            (subject, Some("application/json"), None)
+        }
+    });
 });

@@ -14,14 +14,13 @@ const HINTS: [&str; 4] = [
 ];
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&pick, payload)) = data.split_first() else {
-        return;
-    };
-    let hint = HINTS[usize::from(pick) % HINTS.len()];
-    let subject = common::SUBJECTS[usize::from(pick >> 2) % common::SUBJECTS.len()];
-    if pick & 0x80 == 0 {
-        common::decode(subject, None, Some(hint), payload);
-    } else {
-        common::decode(subject, Some("application/x-protobuf"), None, payload);
-    }
+    common::decode_picked(data, |pick| {
+        let hint = HINTS[usize::from(pick) % HINTS.len()];
+        let subject = common::subject(pick >> 2);
+        if pick & 0x80 == 0 {
+            (subject, None, Some(hint))
+        } else {
+            (subject, Some("application/x-protobuf"), None)
+        }
+    });
 });

@@ -1,31 +1,13 @@
-//! Decode micro-benchmark: the seed-000 OTLP JSON payload, decoded alone (into a sink that
-//! discards) and decoded into a batch (decode + binary COPY encoding: the collector's hot path).
+//! Decode micro-benchmark: the IoT pipeline design's device payload (OTLP JSON), decoded alone
+//! (into a sink that discards) and decoded into a batch (decode + binary COPY encoding: the
+//! collector's hot path).
 //! `cargo bench -p jetscale --bench decode`
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use jetscale::config::{Encoding, Limits};
-use jetscale::decode::{self, DecodeContext, Incoming, RecordSink, Rejection};
+use jetscale::decode::{self, DecodeContext, Discard, Incoming};
 use jetscale::exporters::postgres::batch::{Batch, Delivery};
 use jetscale::simulate::{fleet::Fleet, SimulateOptions};
-use jetscale_model::{DistributionPoint, LogRecord, MetricPoint, SpanRecord};
-
-struct Discard(u64);
-
-impl RecordSink for Discard {
-    fn metric(&mut self, p: &MetricPoint<'_>) -> Result<(), Rejection> {
-        self.0 += p.value.to_bits() & 1;
-        Ok(())
-    }
-    fn distribution(&mut self, _: &DistributionPoint<'_>) -> Result<(), Rejection> {
-        Ok(())
-    }
-    fn span(&mut self, _: &SpanRecord<'_>) -> Result<(), Rejection> {
-        Ok(())
-    }
-    fn log(&mut self, _: &LogRecord<'_>) -> Result<(), Rejection> {
-        Ok(())
-    }
-}
 
 fn payloads(n: usize) -> Vec<Vec<u8>> {
     let opts = SimulateOptions {
@@ -54,7 +36,7 @@ fn bench(c: &mut Criterion) {
     group.throughput(Throughput::Bytes(bytes as u64));
     group.bench_function("decode", |b| {
         b.iter(|| {
-            let mut sink = Discard(0);
+            let mut sink = Discard::default();
             for p in &payloads {
                 let msg = Incoming {
                     subject: "telemetry.metrics.sensor-000001",
@@ -64,7 +46,7 @@ fn bench(c: &mut Criterion) {
                 };
                 let _ = decode::decode(&msg, &ctx, &mut sink);
             }
-            sink.0
+            sink.records
         })
     });
     let subject = async_nats::Subject::from_static("telemetry.metrics.sensor-000001");

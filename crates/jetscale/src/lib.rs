@@ -12,6 +12,7 @@ pub mod decode;
 pub mod dev;
 pub mod exporters;
 pub mod pipeline;
+pub mod processors;
 pub mod receivers;
 pub mod redact;
 pub mod self_metrics;

@@ -135,28 +135,43 @@ const ANY_VALUE_FIELDS: &[&str] = &[
     "bytesValue",
 ];
 
+impl AnyValueKey {
+    fn named(key: &str) -> Self {
+        match key {
+            "stringValue" | "string_value" => AnyValueKey::String,
+            "boolValue" | "bool_value" => AnyValueKey::Bool,
+            "intValue" | "int_value" => AnyValueKey::Int,
+            "doubleValue" | "double_value" => AnyValueKey::Double,
+            "arrayValue" | "array_value" => AnyValueKey::Array,
+            "kvlistValue" | "kvlist_value" => AnyValueKey::KvList,
+            "bytesValue" | "bytes_value" => AnyValueKey::Bytes,
+            _ => AnyValueKey::Unknown,
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for AnyValueKey {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct KeyVisitor;
-        impl Visitor<'_> for KeyVisitor {
-            type Value = AnyValueKey;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("field identifier")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<AnyValueKey, E> {
-                Ok(match v {
-                    "stringValue" | "string_value" => AnyValueKey::String,
-                    "boolValue" | "bool_value" => AnyValueKey::Bool,
-                    "intValue" | "int_value" => AnyValueKey::Int,
-                    "doubleValue" | "double_value" => AnyValueKey::Double,
-                    "arrayValue" | "array_value" => AnyValueKey::Array,
-                    "kvlistValue" | "kvlist_value" => AnyValueKey::KvList,
-                    "bytesValue" | "bytes_value" => AnyValueKey::Bytes,
-                    _ => AnyValueKey::Unknown,
-                })
-            }
-        }
-        d.deserialize_identifier(KeyVisitor)
+        d.deserialize_identifier(KeyVisitor {
+            expecting: "field identifier",
+            name: AnyValueKey::named,
+        })
+    }
+}
+
+/// Reads a map key that is one of a fixed set of names: `name` tells which, for any text.
+pub(crate) struct KeyVisitor<F> {
+    pub expecting: &'static str,
+    pub name: F,
+}
+
+impl<T, F: FnOnce(&str) -> T> Visitor<'_> for KeyVisitor<F> {
+    type Value = T;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.expecting)
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+        Ok((self.name)(v))
     }
 }
 
@@ -335,17 +350,7 @@ pub fn write_value(
         }
         AnyValue::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
         AnyValue::Int(i) => out.push_str(itoa::Buffer::new().format(*i)),
-        AnyValue::Double(d) => {
-            if d.is_finite() {
-                out.push_str(ryu::Buffer::new().format_finite(*d));
-            } else if d.is_nan() {
-                out.push_str("\"NaN\"");
-            } else if *d > 0.0 {
-                out.push_str("\"Infinity\"");
-            } else {
-                out.push_str("\"-Infinity\"");
-            }
-        }
+        AnyValue::Double(d) => write_f64(out, *d),
         AnyValue::Array(values) => {
             out.push('[');
             for (i, v) in values.iter().enumerate() {
@@ -434,6 +439,58 @@ pub fn write_json_string(out: &mut String, s: &str) -> Result<(), Rejection> {
     }
     out.push_str(&s[start..]);
     out.push('"');
+    Ok(())
+}
+
+/// Appends a double as JSON: finite values as numbers (shortest round-trip form), the
+/// others as proto3 JSON strings (`"NaN"`, `"Infinity"`, `"-Infinity"`), which jsonb holds.
+pub fn write_f64(out: &mut String, v: f64) {
+    if v.is_finite() {
+        out.push_str(ryu::Buffer::new().format_finite(v));
+    } else if v.is_nan() {
+        out.push_str("\"NaN\"");
+    } else if v > 0.0 {
+        out.push_str("\"Infinity\"");
+    } else {
+        out.push_str("\"-Infinity\"");
+    }
+}
+
+/// The rejection of an item with `n` attributes, more than `max_attributes`.
+pub fn too_many(n: usize, limits: &Limits) -> Rejection {
+    Rejection::limit(format!(
+        "max_attributes: {n} attributes on one item, the limit is {}",
+        limits.max_attributes
+    ))
+}
+
+/// Pushes the comma before a member of a JSON object, array or `"k":v,…` fragment being
+/// written in `out`, unless the member is the first one.
+pub fn separate(out: &mut String) {
+    if !(out.is_empty() || out.ends_with('{') || out.ends_with('[')) {
+        out.push(',');
+    }
+}
+
+/// Appends a `"k":v,…` fragment to a JSON object being written in `out`.
+pub fn append_part(out: &mut String, part: &str) {
+    if !part.is_empty() {
+        separate(out);
+        out.push_str(part);
+    }
+}
+
+/// Appends attributes as members of a JSON object or fragment being written in `out`.
+pub fn append_attributes(
+    out: &mut String,
+    attributes: &[KeyValue<'_>],
+    limits: &Limits,
+) -> Result<(), Rejection> {
+    for kv in attributes {
+        separate(out);
+        write_key(out, &kv.key, limits)?;
+        write_value(out, &kv.value, limits, 0)?;
+    }
     Ok(())
 }
 

@@ -14,6 +14,7 @@
 //! subject's signal token (`telemetry.metrics.*`, `telemetry.spans.*` = traces,
 //! `telemetry.logs.*`), else the protobuf decoder tries each signal (see `otlp_proto`).
 
+use super::attributes::KeyVisitor;
 use super::{Incoming, Rejection, RejectionKind};
 use crate::config::Encoding;
 use jetscale_model::subject::{self, Signal};
@@ -309,14 +310,10 @@ struct KeyName(Key);
 
 impl<'de> de::Deserialize<'de> for KeyName {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = KeyName;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an object key")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<KeyName, E> {
-                Ok(KeyName(match v {
+        d.deserialize_str(KeyVisitor {
+            expecting: "an object key",
+            name: |key: &str| {
+                KeyName(match key {
                     "resourceMetrics" | "resource_metrics" => Key::ResourceMetrics,
                     "resourceSpans" | "resource_spans" => Key::ResourceSpans,
                     "resourceLogs" | "resource_logs" => Key::ResourceLogs,
@@ -327,10 +324,9 @@ impl<'de> de::Deserialize<'de> for KeyName {
                     "name" => Key::Name,
                     "value" => Key::Value,
                     _ => Key::Other,
-                }))
-            }
-        }
-        d.deserialize_str(V)
+                })
+            },
+        })
     }
 }
 

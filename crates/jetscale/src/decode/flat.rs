@@ -1,11 +1,12 @@
-//! The flat JSON records of seed 001, exactly as written there: span records, metric
-//! points and log records with RFC 3339 timestamps (`jetscale_model::flat` holds the
-//! publisher's side). Strings are borrowed from the message; `null` is accepted wherever a
-//! Go publisher may write it (nil maps and slices) and means "absent".
+//! The flat JSON records of the NATS-native service design, exactly as written there: span
+//! records, metric points and log records with RFC 3339 timestamps (`jetscale_model::flat`
+//! holds the publisher's side). Strings are borrowed from the message; `null` is accepted
+//! wherever a Go publisher may write it (nil maps and slices) and means "absent".
 
-use super::attributes::{check_text, preview, write_json_string, write_json_value, write_key};
+use super::attributes::{
+    check_text, preview, separate, too_many, write_json_string, write_json_value, write_key,
+};
 use super::numbers::LenientF64;
-use super::otlp_json::{separate, too_many};
 use super::{DecodeContext, Incoming, RecordSink, Rejection};
 use crate::config::Limits;
 use jetscale_model::flat::rfc3339_to_unix_nanos;
@@ -96,8 +97,8 @@ fn time(what: &str, v: &Option<Cow<'_, str>>) -> Result<Option<i64>, Rejection> 
     }
 }
 
-/// The service: the record's, else the subject's `{service}` token (seed 001 puts it
-/// right after the signal), else an error.
+/// The service: the record's, else the subject's `{service}` token (the NATS-native service
+/// design puts it right after the signal), else an error.
 fn service<'s>(
     record: &'s Option<Cow<'_, str>>,
     msg: &'s Incoming<'_>,
@@ -335,11 +336,7 @@ mod tests {
     const T0: i64 = 1_705_314_600_000_000_000;
 
     fn run(
-        decoder: fn(
-            &Incoming<'_>,
-            &DecodeContext<'_>,
-            &mut dyn RecordSink,
-        ) -> Result<(), Rejection>,
+        decoder: testing::Decoder,
         subject: &str,
         payload: &str,
     ) -> Result<Collected, Rejection> {
@@ -446,18 +443,8 @@ mod tests {
         let nested = SPAN.replace(r#""events": []"#, r#""events": [{"a": 1}]"#);
         let err = testing::run(decode_span, "x", nested.as_bytes(), &limits).unwrap_err();
         assert!(err.detail.contains("max_value_depth"), "{err}");
-        let default_limits = Limits::default();
-        let old = DecodeContext {
-            min_time_ns: T0 + 1,
-            ..testing::ctx(&default_limits)
-        };
-        let err = decode_span(
-            &testing::incoming("x", SPAN.as_bytes()),
-            &old,
-            &mut Collected::default(),
-        )
-        .unwrap_err();
-        assert!(err.detail.contains("max_past"), "{err}");
+        let old = testing::run_from(decode_span, "x", SPAN.as_bytes(), T0 + 1);
+        testing::rejection(old, "max_past");
     }
 
     #[test]

@@ -80,6 +80,36 @@ pub trait RecordSink {
     fn log(&mut self, log: &LogRecord<'_>) -> Result<(), Rejection>;
 }
 
+/// A sink that keeps nothing but a count of the records it is given: for measuring or
+/// fuzzing the decoders alone.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Discard {
+    /// Records received, of every kind.
+    pub records: u64,
+}
+
+impl Discard {
+    fn count(&mut self) -> Result<(), Rejection> {
+        self.records += 1;
+        Ok(())
+    }
+}
+
+impl RecordSink for Discard {
+    fn metric(&mut self, _: &MetricPoint<'_>) -> Result<(), Rejection> {
+        self.count()
+    }
+    fn distribution(&mut self, _: &DistributionPoint<'_>) -> Result<(), Rejection> {
+        self.count()
+    }
+    fn span(&mut self, _: &SpanRecord<'_>) -> Result<(), Rejection> {
+        self.count()
+    }
+    fn log(&mut self, _: &LogRecord<'_>) -> Result<(), Rejection> {
+        self.count()
+    }
+}
+
 /// What every decoder needs besides the bytes: limits, processors and the clock.
 #[derive(Debug, Clone)]
 pub struct DecodeContext<'a> {
@@ -175,7 +205,7 @@ pub fn decode(
     }
     let format = detect(msg, ctx.encoding)?;
     let outcome = match format {
-        Format::OtlpJsonMetrics => otlp_json::decode_metrics(msg, ctx, sink),
+        Format::OtlpJsonMetrics => otlp_json::metrics::decode_metrics(msg, ctx, sink),
         Format::OtlpJsonTraces => otlp_json::traces::decode_traces(msg, ctx, sink),
         Format::OtlpJsonLogs => otlp_json::logs::decode_logs(msg, ctx, sink),
         Format::OtlpProtoMetrics => otlp_proto::decode_metrics(msg, ctx, sink),
@@ -234,88 +264,78 @@ mod tests {
         Ok(sink)
     }
 
+    /// How many rows of each kind: metrics, distributions, spans, logs.
+    fn counts(got: &Collected) -> [usize; 4] {
+        [
+            got.metrics.len(),
+            got.distributions.len(),
+            got.spans.len(),
+            got.logs.len(),
+        ]
+    }
+
     #[test]
     fn every_format_reaches_its_decoder() {
-        let json = |name: &str| testing::fixture(name);
-        let got = run(
-            "telemetry.spans.a.b",
-            &json("otel_python_traces.json"),
-            None,
-            None,
-        )
-        .unwrap();
-        assert_eq!(got.spans.len(), 3);
-        let got = run(
-            "telemetry.logs.a.b",
-            &json("otel_python_logs.json"),
-            None,
-            None,
-        )
-        .unwrap();
-        assert_eq!(got.logs.len(), 3);
-        let got = run(
-            "telemetry.metrics.a",
-            &json("otel_python_metrics.json"),
-            None,
-            None,
-        )
-        .unwrap();
-        assert_eq!((got.metrics.len(), got.distributions.len()), (3, 3));
-        // Protobuf by subject, by header, by Content-Type, and by trial.
-        let pb = json("otel_python_traces.pb");
-        assert_eq!(
-            run("telemetry.spans.a.b", &pb, None, None)
-                .unwrap()
-                .spans
-                .len(),
-            3
+        let fixture = testing::fixture;
+        let (traces_json, logs_json, metrics_json) = (
+            fixture("otel_python_traces.json"),
+            fixture("otel_python_logs.json"),
+            fixture("otel_python_metrics.json"),
         );
-        assert_eq!(
-            run("x", &pb, None, Some("otlp-proto;signal=traces"))
-                .unwrap()
-                .spans
-                .len(),
-            3
+        let (traces_pb, logs_pb) = (
+            fixture("otel_python_traces.pb"),
+            fixture("otel_python_logs.pb"),
         );
-        assert_eq!(
-            run(
+        let flat_log = br#"{"level": "info", "message": "m", "service": "s", "timestamp": "2024-01-15T10:30:01Z"}"#;
+        let flat_metric = br#"{"name": "n", "type": "gauge", "value": 1, "service": "s", "timestamp": "2024-01-15T10:30:01Z"}"#;
+        let flat_span = br#"{"trace_id": "t", "span_id": "s", "service": "s", "start_time": "2024-01-15T10:30:01Z"}"#;
+        const SPANS: [usize; 4] = [0, 0, 3, 0];
+        for (subject, payload, content_type, header, expected) in [
+            ("telemetry.spans.a.b", &traces_json[..], None, None, SPANS),
+            ("telemetry.logs.a.b", &logs_json, None, None, [0, 0, 0, 3]),
+            (
+                "telemetry.metrics.a",
+                &metrics_json,
+                None,
+                None,
+                [3, 3, 0, 0],
+            ),
+            // Protobuf by subject, by header, by Content-Type, and by trial.
+            ("telemetry.spans.a.b", &traces_pb, None, None, SPANS),
+            (
                 "x",
-                &pb,
+                &traces_pb,
+                None,
+                Some("otlp-proto;signal=traces"),
+                SPANS,
+            ),
+            (
+                "x",
+                &traces_pb,
                 Some("application/x-protobuf; signal=traces"),
-                None
-            )
-            .unwrap()
-            .spans
-            .len(),
-            3
-        );
-        assert_eq!(run("devices.any", &pb, None, None).unwrap().spans.len(), 3);
-        let pb = json("otel_python_logs.pb");
-        assert_eq!(
-            run("x", &pb, Some("application/x-protobuf"), None)
-                .unwrap()
-                .logs
-                .len(),
-            3
-        );
-        let flat = br#"{"level": "info", "message": "m", "service": "s", "timestamp": "2024-01-15T10:30:01Z"}"#;
-        assert_eq!(
-            run("telemetry.logs.s.info", flat, None, None)
-                .unwrap()
-                .logs
-                .len(),
-            1
-        );
-        let flat = br#"{"name": "n", "type": "gauge", "value": 1, "service": "s", "timestamp": "2024-01-15T10:30:01Z"}"#;
-        assert_eq!(
-            run("x", flat, None, Some("flat-metric"))
-                .unwrap()
-                .metrics
-                .len(),
-            1
-        );
-        let flat = br#"{"trace_id": "t", "span_id": "s", "service": "s", "start_time": "2024-01-15T10:30:01Z"}"#;
-        assert_eq!(run("x", flat, None, None).unwrap().spans.len(), 1);
+                None,
+                SPANS,
+            ),
+            ("devices.any", &traces_pb, None, None, SPANS),
+            (
+                "x",
+                &logs_pb,
+                Some("application/x-protobuf"),
+                None,
+                [0, 0, 0, 3],
+            ),
+            ("telemetry.logs.s.info", flat_log, None, None, [0, 0, 0, 1]),
+            ("x", flat_metric, None, Some("flat-metric"), [1, 0, 0, 0]),
+            ("x", flat_span, None, None, [0, 0, 1, 0]),
+        ] {
+            let got = run(subject, payload, content_type, header)
+                .unwrap_or_else(|e| panic!("{subject} {content_type:?} {header:?}: {e}"));
+            assert_eq!(
+                counts(&got),
+                expected,
+                "{subject} {content_type:?} {header:?}"
+            );
+        }
     }
 
     #[test]
@@ -347,13 +367,13 @@ mod tests {
 
     #[test]
     fn invalid_utf8_is_judged_as_serde_json_judges_bytes() {
-        let seed = super::otlp_json::tests::SEED_PAYLOAD.as_bytes();
+        let device = super::otlp_json::metrics::tests::DEVICE_PAYLOAD.as_bytes();
         let with = |from: &str, to: &[u8]| {
-            let at = seed
+            let at = device
                 .windows(from.len())
                 .position(|w| w == from.as_bytes())
-                .expect("the seed payload holds the text replaced");
-            [&seed[..at], to, &seed[at + from.len()..]].concat()
+                .expect("the device payload holds the text replaced");
+            [&device[..at], to, &device[at + from.len()..]].concat()
         };
         // In a string that is read: rejected, with serde_json's own message and position.
         let bad = with("warehouse-a", b"warehouse-\xff");

@@ -17,9 +17,9 @@ pub struct LenientU64(pub u64);
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct LenientF64(pub f64);
 
-struct IntVisitor<const SIGNED: bool>;
+struct IntVisitor;
 
-impl<'de, const SIGNED: bool> Visitor<'de> for IntVisitor<SIGNED> {
+impl<'de> Visitor<'de> for IntVisitor {
     type Value = i128;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("an integer as a number or a decimal string")
@@ -61,21 +61,21 @@ fn short_decimal(digits: &str) -> Option<u64> {
     })
 }
 
+/// Reads an integer as a `T`; one that does not fit is an error naming `what` a `T` is.
+fn integer<'de, D: Deserializer<'de>, T: TryFrom<i128>>(d: D, what: &str) -> Result<T, D::Error> {
+    let v = d.deserialize_any(IntVisitor)?;
+    T::try_from(v).map_err(|_| de::Error::custom(format!("{v} does not fit {what}")))
+}
+
 impl<'de> serde::Deserialize<'de> for LenientI64 {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let v = d.deserialize_any(IntVisitor::<true>)?;
-        i64::try_from(v)
-            .map(LenientI64)
-            .map_err(|_| de::Error::custom(format!("{v} does not fit a signed 64-bit integer")))
+        integer(d, "a signed 64-bit integer").map(LenientI64)
     }
 }
 
 impl<'de> serde::Deserialize<'de> for LenientU64 {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let v = d.deserialize_any(IntVisitor::<false>)?;
-        u64::try_from(v)
-            .map(LenientU64)
-            .map_err(|_| de::Error::custom(format!("{v} does not fit an unsigned 64-bit integer")))
+        integer(d, "an unsigned 64-bit integer").map(LenientU64)
     }
 }
 

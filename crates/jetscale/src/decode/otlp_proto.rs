@@ -12,8 +12,9 @@
 use super::attributes::{AnyValue, KeyValue};
 use super::numbers::{LenientF64, LenientI64, LenientU64};
 use super::otlp_json::logs::{ExportLogs, SeverityNumber};
+use super::otlp_json::metrics::{ExportMetrics, Temporality};
 use super::otlp_json::traces::{ExportTraces, SpanKind, StatusCode};
-use super::otlp_json::{self, ExportMetrics, Resource, Scope, Temporality};
+use super::otlp_json::{self, Resource, Scope};
 use super::{DecodeContext, Incoming, RecordSink, Rejection, RejectionKind};
 use base64::Engine as _;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
@@ -36,10 +37,10 @@ pub fn decode_metrics(
     let request = ExportMetricsServiceRequest::decode(msg.payload)
         .map_err(|e| Rejection::malformed(format!("OTLP protobuf metrics: {e}")))?;
     let request = metrics(&request);
-    if otlp_json::count_points(&request) == 0 {
+    if otlp_json::metrics::count_points(&request) == 0 {
         return Err(empty("metrics", "data points"));
     }
-    otlp_json::emit_metrics(&request, msg.subject, ctx, sink)
+    otlp_json::metrics::emit_metrics(&request, msg.subject, ctx, sink)
 }
 
 /// Decodes an `ExportTraceServiceRequest` in protobuf into span rows.
@@ -90,7 +91,7 @@ pub fn decode_any(
 ) -> Result<(), Rejection> {
     if let Ok(request) = ExportMetricsServiceRequest::decode(msg.payload) {
         if plausible_metrics(&request) {
-            return otlp_json::emit_metrics(&metrics(&request), msg.subject, ctx, sink);
+            return otlp_json::metrics::emit_metrics(&metrics(&request), msg.subject, ctx, sink);
         }
     }
     if let Ok(request) = ExportTraceServiceRequest::decode(msg.payload) {
@@ -209,11 +210,11 @@ fn u64s(v: &[u64]) -> Vec<LenientU64> {
     v.iter().copied().map(LenientU64).collect()
 }
 
-fn numbers(points: &[pb_metrics::NumberDataPoint]) -> Vec<otlp_json::NumberDataPoint<'_>> {
+fn numbers(points: &[pb_metrics::NumberDataPoint]) -> Vec<otlp_json::metrics::NumberDataPoint<'_>> {
     use pb_metrics::number_data_point::Value;
     points
         .iter()
-        .map(|p| otlp_json::NumberDataPoint {
+        .map(|p| otlp_json::metrics::NumberDataPoint {
             attributes: attributes(&p.attributes),
             time_unix_nano: LenientU64(p.time_unix_nano),
             as_double: match p.value {
@@ -229,7 +230,7 @@ fn numbers(points: &[pb_metrics::NumberDataPoint]) -> Vec<otlp_json::NumberDataP
 }
 
 fn metrics(request: &ExportMetricsServiceRequest) -> ExportMetrics<'_> {
-    use otlp_json::{
+    use otlp_json::metrics::{
         Buckets, ExponentialHistogram, ExponentialHistogramDataPoint, Gauge, Histogram,
         HistogramDataPoint, Metric, ResourceMetrics, ScopeMetrics, Sum, Summary, SummaryDataPoint,
         ValueAtQuantile,
@@ -920,7 +921,7 @@ mod tests {
         let request = metric_request();
         let json = serde_json::to_vec(&request).unwrap();
         let from_json = testing::run(
-            otlp_json::decode_metrics,
+            otlp_json::metrics::decode_metrics,
             "telemetry.metrics.sensor-7",
             &json,
             &limits,
@@ -948,7 +949,7 @@ mod tests {
             &limits,
         )
         .unwrap();
-        otlp_json::traces::tests::check_python_traces(&got);
+        testing::check_python_traces(&got);
         let got = testing::run(
             decode_metrics,
             "telemetry.metrics.checkout.all",
@@ -956,7 +957,7 @@ mod tests {
             &limits,
         )
         .unwrap();
-        otlp_json::tests::check_python_metrics(&got);
+        testing::check_python_metrics(&got);
         let got = testing::run(
             decode_logs,
             "telemetry.logs.checkout.error",
@@ -964,6 +965,6 @@ mod tests {
             &limits,
         )
         .unwrap();
-        otlp_json::logs::tests::check_python_logs(&got);
+        testing::check_python_logs(&got);
     }
 }

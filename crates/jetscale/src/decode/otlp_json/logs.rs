@@ -1,15 +1,14 @@
 //! OTLP/JSON `ExportLogsServiceRequest` to log rows: severity number (number or name) and
 //! text, a body of any `AnyValue` kind, trace context, flags, attributes. The structs are
-//! also what the protobuf decoder converts into, so both encodings share [`emit_logs`].
+//! also what the protobuf decoder converts into, so both encodings share `emit_logs`.
 
-use super::traces::{flags32, hex_id};
 use super::{
-    append_attributes, check_count, enum_number, nanos, resolve_resource, scope_fragment, separate,
-    too_many, EnumNames, Resource, Scope,
+    check_count, enum_number, flags32, hex_id, nanos, parse, resolve_resource, EnumNames, Resource,
+    Scope,
 };
 use crate::config::Limits;
 use crate::decode::attributes::{
-    check_text, nullable, write_json_string, write_value, AnyValue, KeyValue,
+    check_text, nullable, separate, write_json_string, write_value, AnyValue, KeyValue,
 };
 use crate::decode::numbers::LenientU64;
 use crate::decode::{DecodeContext, Incoming, RecordSink, Rejection};
@@ -126,8 +125,7 @@ pub fn decode_logs(
     ctx: &DecodeContext<'_>,
     sink: &mut dyn RecordSink,
 ) -> Result<(), Rejection> {
-    let request: ExportLogs = crate::decode::from_json_slice(msg.payload)
-        .map_err(|e| Rejection::malformed(format!("OTLP/JSON logs: {e}")))?;
+    let request: ExportLogs = parse(msg.payload, "logs")?;
     emit_logs(&request, ctx, sink)
 }
 
@@ -159,12 +157,9 @@ pub(crate) fn emit_logs(
     let mut body = String::new();
     for rl in &request.resource_logs {
         let resource = resolve_resource(&rl.resource.attributes, ctx)?;
-        let service = resource.service();
-        check_text("service.name", service)?;
+        let service = resource.service()?;
         for sl in &rl.scope_logs {
-            let scope = scope_fragment(&sl.scope, limits)?;
-            let resource_json = resource.object_with_scope(&scope, limits)?;
-            let inherited = resource.count + sl.scope.attributes.len();
+            let inherited = resource.with_scope(&sl.scope, limits)?;
             for log in &sl.log_records {
                 let event_time = nanos("timeUnixNano", log.time_unix_nano)?;
                 let observed = nanos("observedTimeUnixNano", log.observed_time_unix_nano)?;
@@ -180,21 +175,23 @@ pub(crate) fn emit_logs(
                 check_text("severityText", &log.severity_text)?;
                 check_text("eventName", &log.event_name)?;
                 let flags = flags32("log flags", log.flags)?;
-                let n = inherited + log.attributes.len() + usize::from(!log.event_name.is_empty());
-                if n > limits.max_attributes {
-                    return Err(too_many(n, limits));
-                }
-                attributes.clear();
-                attributes.push('{');
-                append_attributes(&mut attributes, &log.attributes, limits)?;
-                if !log.event_name.is_empty() {
-                    // The log table has no event name column: it is kept as the attribute
-                    // the semantic conventions used for it.
-                    separate(&mut attributes);
-                    attributes.push_str("\"event.name\":");
-                    write_json_string(&mut attributes, &log.event_name)?;
-                }
-                attributes.push('}');
+                let event_name = usize::from(!log.event_name.is_empty());
+                inherited.item_attributes(
+                    &mut attributes,
+                    &log.attributes,
+                    event_name,
+                    limits,
+                    |out| {
+                        if !log.event_name.is_empty() {
+                            // The log table has no event name column: it is kept as the
+                            // attribute the semantic conventions used for it.
+                            separate(out);
+                            out.push_str("\"event.name\":");
+                            write_json_string(out, &log.event_name)?;
+                        }
+                        Ok(())
+                    },
+                )?;
                 body.clear();
                 let (message, body_json): (&str, &str) = match &log.body {
                     Some(value) if value.is_empty() => ("", ""),
@@ -219,7 +216,7 @@ pub(crate) fn emit_logs(
                     message,
                     body_json,
                     attributes: &attributes,
-                    resource: &resource_json,
+                    resource: &inherited.resource_json,
                     trace_id: &trace_id,
                     span_id: &span_id,
                     flags: i32::from_ne_bytes(flags.to_ne_bytes()),
@@ -234,7 +231,7 @@ pub(crate) fn emit_logs(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::decode::testing::{self, Collected};
+    use crate::decode::testing::{self, rejection, Collected};
     use crate::decode::RejectionKind;
     use serde_json::json;
 
@@ -324,11 +321,15 @@ pub(crate) mod tests {
 
     #[test]
     fn bad_records_are_rejected() {
+        let defaults = Limits::default();
         let no_time = FULL.replace(r#""observed_time_unix_nano": "1705314602000000000", "#, "");
-        assert!(run(&no_time, &Limits::default())
-            .unwrap_err()
-            .detail
-            .contains("neither timeUnixNano nor observedTimeUnixNano"));
+        for (payload, needle) in [
+            (no_time, "neither timeUnixNano nor observedTimeUnixNano"),
+            (FULL.replace("\"info\"", "\"LOUD\""), "LOUD"),
+            (FULL.replace("task failed", "task\\u0000failed"), "NUL"),
+        ] {
+            rejection(run(&payload, &defaults), needle);
+        }
         for (from, to) in [
             (
                 "5B8EFFF798038103D269B633813FC60C",
@@ -340,38 +341,22 @@ pub(crate) mod tests {
             ),
             ("EEE19B7EC3C1B174", "EEE19B7EC3C1B17X"),
         ] {
-            let err = run(&FULL.replace(from, to), &Limits::default()).unwrap_err();
+            let err = run(&FULL.replace(from, to), &defaults).unwrap_err();
             assert_eq!(err.kind, RejectionKind::Malformed, "{err}");
         }
-        let bad_severity = FULL.replace("\"info\"", "\"LOUD\"");
-        assert!(run(&bad_severity, &Limits::default())
-            .unwrap_err()
-            .detail
-            .contains("LOUD"));
-        let limits = Limits {
-            max_points_per_message: 7,
-            ..Limits::default()
-        };
-        assert!(run(FULL, &limits)
-            .unwrap_err()
-            .detail
-            .contains("max_points_per_message: 8 log records"));
-        let limits = Limits {
-            max_value_depth: 0,
-            ..Limits::default()
-        };
-        assert!(run(FULL, &limits)
-            .unwrap_err()
-            .detail
-            .contains("max_value_depth"));
-        let limits = Limits {
-            max_attributes: 2,
-            ..Limits::default()
-        };
-        assert!(run(FULL, &limits)
-            .unwrap_err()
-            .detail
-            .contains("max_attributes"));
+        for (limits, needle) in [
+            (
+                testing::limits(|l| l.max_points_per_message = 7),
+                "max_points_per_message: 8 log records",
+            ),
+            (
+                testing::limits(|l| l.max_value_depth = 0),
+                "max_value_depth",
+            ),
+            (testing::limits(|l| l.max_attributes = 2), "max_attributes"),
+        ] {
+            rejection(run(FULL, &limits), needle);
+        }
         // A long string body is not an attribute value: allowed up to the message size.
         let limits = Limits {
             max_attribute_value_bytes: 4,
@@ -382,11 +367,6 @@ pub(crate) mod tests {
             .replace("engine-0", "e0")
             .replace("abc123", "a1");
         assert!(run(&long_body, &limits).is_ok());
-        let nul = FULL.replace("task failed", "task\\u0000failed");
-        assert!(run(&nul, &Limits::default())
-            .unwrap_err()
-            .detail
-            .contains("NUL"));
     }
 
     #[test]
@@ -426,38 +406,6 @@ pub(crate) mod tests {
         );
     }
 
-    /// The OpenTelemetry Python SDK's logs (see tests/fixtures/generate_otel_python.py).
-    pub(crate) fn check_python_logs(got: &Collected) {
-        const T: i64 = 1_700_000_000_000_000_000;
-        const MS: i64 = 1_000_000;
-        let logs = &got.logs;
-        assert_eq!(logs.len(), 3);
-        let l = &logs[0];
-        assert_eq!((l.time, l.observed), (T + MS, T + 2 * MS));
-        assert_eq!((l.severity_number, &*l.severity_text), (17, "ERROR"));
-        assert_eq!(l.message, "payment failed: card declined");
-        assert_eq!(l.body_json, None);
-        assert_eq!(l.attributes, json!({"order.id": "o-17", "attempt": 2}));
-        assert_eq!(l.trace_id, "5b8efff798038103d269b633813fc60c");
-        assert_eq!(l.span_id, "eee19b7ec3c1b171");
-        assert_eq!(l.flags, 1);
-        assert_eq!(l.service, "checkout");
-        assert_eq!(l.resource["service.instance.id"], "checkout-1");
-        assert_eq!(l.resource["otel.scope.name"], "checkout.logs");
-        let l = &logs[1];
-        assert_eq!((l.severity_number, &*l.severity_text), (9, "INFO"));
-        assert_eq!(
-            l.body_json,
-            Some(json!({"event": "checkout", "items": [1, 2.5, "x"], "ok": true}))
-        );
-        assert_eq!(l.attributes, json!({"event.name": "checkout.completed"}));
-        assert_eq!((&*l.trace_id, l.flags), ("", 0));
-        let l = &logs[2];
-        assert_eq!((l.time, l.observed), (T + 4 * MS, T + 4 * MS));
-        assert_eq!(l.severity_number, 14);
-        assert_eq!(l.body_json, Some(json!("AAFiaW5hcnk=")));
-    }
-
     #[test]
     fn python_sdk_fixture_decodes() {
         let got = testing::run(
@@ -467,6 +415,6 @@ pub(crate) mod tests {
             &Limits::default(),
         )
         .unwrap();
-        check_python_logs(&got);
+        testing::check_python_logs(&got);
     }
 }

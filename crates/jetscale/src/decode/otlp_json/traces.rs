@@ -1,15 +1,16 @@
 //! OTLP/JSON `ExportTraceServiceRequest` to span rows. Every span field is kept: ids (hex,
 //! case-insensitive, stored lowercase), parent, trace state, flags, name, kind (number or
 //! name), times, attributes, events, links and status. The structs are also what the
-//! protobuf decoder converts into, so both encodings share [`emit_traces`].
+//! protobuf decoder converts into, so both encodings share `emit_traces`.
 
 use super::{
-    append_attributes, check_count, enum_number, nanos, resolve_resource, scope_fragment, separate,
-    too_many, EnumNames, Resource, Scope,
+    check_count, enum_number, flags32, hex_id, nanos, parse, resolve_resource, EnumNames, Resource,
+    Scope,
 };
 use crate::config::Limits;
 use crate::decode::attributes::{
-    check_text, nullable, preview, write_json_string, write_key, KeyValue,
+    append_attributes, check_text, nullable, separate, too_many, write_json_string, write_key,
+    KeyValue,
 };
 use crate::decode::numbers::LenientU64;
 use crate::decode::{DecodeContext, Incoming, RecordSink, Rejection};
@@ -163,58 +164,13 @@ impl<'de> Deserialize<'de> for StatusCode {
     }
 }
 
-/// Checks a hex id of `bytes` bytes and returns it lowercase. Empty ids are allowed (and
-/// returned empty) unless `required`; an all-zero id is invalid in OTLP and is treated as
-/// absent, or rejected when required.
-pub(crate) fn hex_id<'s>(
-    what: &str,
-    id: &'s str,
-    bytes: usize,
-    required: bool,
-) -> Result<Cow<'s, str>, Rejection> {
-    if id.is_empty() {
-        return if required {
-            Err(Rejection::malformed(format!("{what} is missing")))
-        } else {
-            Ok(Cow::Borrowed(""))
-        };
-    }
-    if id.len() != bytes * 2 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(Rejection::malformed(format!(
-            "{what} `{}` is not {} hex digits",
-            preview(id),
-            bytes * 2
-        )));
-    }
-    if id.bytes().all(|b| b == b'0') {
-        return if required {
-            Err(Rejection::malformed(format!(
-                "{what} is all zeros, which OTLP defines as invalid"
-            )))
-        } else {
-            Ok(Cow::Borrowed(""))
-        };
-    }
-    if id.bytes().any(|b| b.is_ascii_uppercase()) {
-        Ok(Cow::Owned(id.to_ascii_lowercase()))
-    } else {
-        Ok(Cow::Borrowed(id))
-    }
-}
-
-/// A fixed32 flags field.
-pub(crate) fn flags32(what: &str, v: LenientU64) -> Result<u32, Rejection> {
-    u32::try_from(v.0).map_err(|_| Rejection::malformed(format!("{what} {} exceeds 32 bits", v.0)))
-}
-
 /// Decodes an `ExportTraceServiceRequest` in OTLP/JSON into span rows.
 pub fn decode_traces(
     msg: &Incoming<'_>,
     ctx: &DecodeContext<'_>,
     sink: &mut dyn RecordSink,
 ) -> Result<(), Rejection> {
-    let request: ExportTraces = crate::decode::from_json_slice(msg.payload)
-        .map_err(|e| Rejection::malformed(format!("OTLP/JSON traces: {e}")))?;
+    let request: ExportTraces = parse(msg.payload, "traces")?;
     emit_traces(&request, ctx, sink)
 }
 
@@ -241,12 +197,9 @@ pub(crate) fn emit_traces(
     let mut links = String::new();
     for rs in &request.resource_spans {
         let resource = resolve_resource(&rs.resource.attributes, ctx)?;
-        let service = resource.service();
-        check_text("service.name", service)?;
+        let service = resource.service()?;
         for ss in &rs.scope_spans {
-            let scope = scope_fragment(&ss.scope, limits)?;
-            let resource_json = resource.object_with_scope(&scope, limits)?;
-            let inherited = resource.count + ss.scope.attributes.len();
+            let inherited = resource.with_scope(&ss.scope, limits)?;
             for span in &ss.spans {
                 let trace_id = hex_id("traceId", &span.trace_id, 16, true)?;
                 let span_id = hex_id("spanId", &span.span_id, 8, true)?;
@@ -262,21 +215,16 @@ pub(crate) fn emit_traces(
                 check_text("span name", &span.name)?;
                 check_text("traceState", &span.trace_state)?;
                 let flags = flags32("span flags", span.flags)?;
-                let n = inherited + span.attributes.len();
-                if n > limits.max_attributes {
-                    return Err(too_many(n, limits));
-                }
-                attributes.clear();
-                attributes.push('{');
-                append_attributes(&mut attributes, &span.attributes, limits)?;
-                if flags != 0 {
-                    // The span table has no flags column: W3C trace flags and the OTLP
-                    // is-remote bits are kept with the attributes.
-                    separate(&mut attributes);
-                    attributes.push_str("\"otel.span.flags\":");
-                    attributes.push_str(itoa::Buffer::new().format(flags));
-                }
-                attributes.push('}');
+                inherited.item_attributes(&mut attributes, &span.attributes, 0, limits, |out| {
+                    if flags != 0 {
+                        // The span table has no flags column: W3C trace flags and the OTLP
+                        // is-remote bits are kept with the attributes.
+                        separate(out);
+                        out.push_str("\"otel.span.flags\":");
+                        out.push_str(itoa::Buffer::new().format(flags));
+                    }
+                    Ok(())
+                })?;
                 write_events(&mut events, &span.events, limits)?;
                 write_links(&mut links, &span.links, limits)?;
                 let (status_code, status_message) = match &span.status {
@@ -299,7 +247,7 @@ pub(crate) fn emit_traces(
                     status_message,
                     trace_state: &span.trace_state,
                     attributes: &attributes,
-                    resource: &resource_json,
+                    resource: &inherited.resource_json,
                     events: &events,
                     links: &links,
                     error: "",
@@ -369,7 +317,7 @@ fn write_links(out: &mut String, links: &[Link<'_>], limits: &Limits) -> Result<
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::decode::testing::{self, Collected};
+    use crate::decode::testing::{self, rejection, Collected};
     use crate::decode::RejectionKind;
     use serde_json::json;
 
@@ -477,10 +425,7 @@ pub(crate) mod tests {
             );
         }
         let bad = FULL.replace("\"SPAN_KIND_SERVER\"", "\"SPAN_KIND_SIDEWAYS\"");
-        assert!(run(&bad, &Limits::default())
-            .unwrap_err()
-            .detail
-            .contains("SPAN_KIND_SIDEWAYS"));
+        rejection(run(&bad, &Limits::default()), "SPAN_KIND_SIDEWAYS");
         let no_status = FULL.replace(
             r#""status": {"code": "STATUS_CODE_ERROR", "message": "card declined"}"#,
             r#""status": {}"#,
@@ -529,52 +474,31 @@ pub(crate) mod tests {
     #[test]
     fn times_and_limits_are_checked() {
         let backwards = FULL.replace("1705314601234000000", "1705314599000000000");
-        assert!(run(&backwards, &Limits::default())
-            .unwrap_err()
-            .detail
-            .contains("before"));
+        rejection(run(&backwards, &Limits::default()), "before");
         let no_start = FULL.replace(r#""startTimeUnixNano": "1705314600000000000", "#, "");
-        assert!(run(&no_start, &Limits::default())
-            .unwrap_err()
-            .detail
-            .contains("timeUnixNano 0"));
-        let limits = Limits {
-            max_points_per_message: 1,
-            ..Limits::default()
-        };
-        assert!(run(FULL, &limits)
-            .unwrap_err()
-            .detail
-            .contains("max_points_per_message: 2 spans"));
-        // 2 resource attributes (device.id is a column, not counted), 1 scope, 2 span.
-        let limits = Limits {
-            max_attributes: 4,
-            ..Limits::default()
-        };
-        assert!(run(FULL, &limits)
-            .unwrap_err()
-            .detail
-            .contains("max_attributes"));
-        let limits = Limits {
-            max_attribute_value_bytes: 3,
-            ..Limits::default()
-        };
-        assert!(run(FULL, &limits)
-            .unwrap_err()
-            .detail
-            .contains("max_attribute_value_bytes"));
-        let default_limits = Limits::default();
-        let old = DecodeContext {
-            min_time_ns: 1_705_314_600_050_000_000,
-            ..testing::ctx(&default_limits)
-        };
-        let err = decode_traces(
-            &testing::incoming("telemetry.spans.x.y", FULL.as_bytes()),
-            &old,
-            &mut Collected::default(),
-        )
-        .unwrap_err();
-        assert!(err.detail.contains("max_past"), "{err}");
+        rejection(run(&no_start, &Limits::default()), "timeUnixNano 0");
+        for (limits, needle) in [
+            (
+                testing::limits(|l| l.max_points_per_message = 1),
+                "max_points_per_message: 2 spans",
+            ),
+            // 2 resource attributes (device.id is a column, not counted), 1 scope, 2 span.
+            (testing::limits(|l| l.max_attributes = 4), "max_attributes"),
+            (
+                testing::limits(|l| l.max_attribute_value_bytes = 3),
+                "max_attribute_value_bytes",
+            ),
+        ] {
+            rejection(run(FULL, &limits), needle);
+        }
+        let subject = "telemetry.spans.x.y";
+        let old = testing::run_from(
+            decode_traces,
+            subject,
+            FULL.as_bytes(),
+            1_705_314_600_050_000_000,
+        );
+        rejection(old, "max_past");
         assert!(run(r#"{"resourceSpans": []}"#, &Limits::default()).is_err());
     }
 
@@ -613,54 +537,6 @@ pub(crate) mod tests {
         assert_eq!(s.resource["my.scope.attribute"], "some scope attribute");
     }
 
-    /// The OpenTelemetry Python SDK's spans (see tests/fixtures/generate_otel_python.py).
-    pub(crate) fn check_python_traces(got: &Collected) {
-        const T: i64 = 1_700_000_000_000_000_000;
-        const MS: i64 = 1_000_000;
-        let spans = &got.spans;
-        assert_eq!(spans.len(), 3);
-        let server = spans.iter().find(|s| s.name == "POST /checkout").unwrap();
-        assert_eq!(server.trace_id, "5b8efff798038103d269b633813fc60c");
-        assert_eq!(server.span_id, "eee19b7ec3c1b171");
-        assert_eq!(server.parent_span_id, "eee19b7ec3c1b16f");
-        assert_eq!(server.trace_state, "vendor=opaque,rojo=00f067aa0ba902b7");
-        assert_eq!((&*server.kind, &*server.service), ("server", "checkout"));
-        assert_eq!((server.start, server.end), (T, T + 250 * MS));
-        assert_eq!(
-            (&*server.status_code, &*server.status_message),
-            ("error", "card declined")
-        );
-        assert_eq!(
-            server.attributes,
-            json!({"http.request.method": "POST", "http.response.status_code": 500, "retry": true,
-                   "ratio": 0.25, "tags": ["a", "b"], "otel.span.flags": 768})
-        );
-        assert_eq!(
-            server.events,
-            json!([{"time_unix_nano": T + 120 * MS, "name": "exception",
-                    "attributes": {"exception.type": "ValueError", "exception.message": "card declined"}}])
-        );
-        // The Python SDK's encoder does not write a link's trace state.
-        assert_eq!(
-            server.links,
-            json!([{"trace_id": "0af7651916cd43dd8448eb211c80319c", "span_id": "00f067aa0ba902b7",
-                    "trace_state": "", "attributes": {"link.kind": "follows"}, "flags": 768}])
-        );
-        assert_eq!(server.resource["service.version"], "2.4.1");
-        assert_eq!(server.resource["host.cpu_count"], 8);
-        assert_eq!(server.resource["otel.scope.name"], "checkout.http");
-        assert_eq!(server.resource["scope.attr"], "s");
-        let client = spans.iter().find(|s| s.name == "SELECT orders").unwrap();
-        assert_eq!(client.parent_span_id, "eee19b7ec3c1b171");
-        assert_eq!((&*client.kind, &*client.status_code), ("client", "ok"));
-        assert_eq!((client.start, client.end), (T + 10 * MS, T + 35 * MS));
-        let internal = spans.iter().find(|s| s.name == "render").unwrap();
-        assert_eq!(
-            (&*internal.kind, &*internal.status_code),
-            ("internal", "unset")
-        );
-    }
-
     #[test]
     fn python_sdk_fixture_decodes() {
         let got = testing::run(
@@ -670,6 +546,6 @@ pub(crate) mod tests {
             &Limits::default(),
         )
         .unwrap();
-        check_python_traces(&got);
+        testing::check_python_traces(&got);
     }
 }
