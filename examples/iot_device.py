@@ -1,13 +1,13 @@
-# iot_device.py -- the device script of seed 000 ("How to Set Up an OpenTelemetry + NATS +
+# iot_device.py -- the device script of the IoT pipeline design ("How to Set Up an OpenTelemetry + NATS +
 # TimescaleDB Pipeline for IoT Telemetry at Scale"), kept verbatim so that jetscale is tested
-# against exactly what the article tells devices to send. Changes from the seed, and only these:
-#   1. read_temperature_sensor / read_humidity_sensor / read_battery_level are defined (the seed
+# against exactly what the article tells devices to send. Changes from the IoT design, and only these:
+#   1. read_temperature_sensor / read_humidity_sensor / read_battery_level are defined (the IoT design
 #      leaves them to the hardware): believable random walks, temperature 18-28 degC, humidity
 #      30-70 %, battery starting at 60-100 % and draining slightly per reading.
-#   2. the `while True` loop stops after env COUNT messages (unset or 0: forever, as the seed),
-#      and the sleep between messages is env INTERVAL seconds (default 10, as the seed).
+#   2. the `while True` loop stops after env COUNT messages (unset or 0: forever, as the IoT design),
+#      and the sleep between messages is env INTERVAL seconds (default 10, as the IoT design).
 # Everything else (imports, env, payload, subject, js.publish, which awaits the stream's ack) is
-# the seed's text.
+# the IoT design's text.
 # Requires the nats-py client: pip install nats-py
 # Example: NATS_URL=nats://127.0.0.1:4222 DEVICE_ID=sensor-001 COUNT=5 INTERVAL=0.1 python3 iot_device.py
 import nats
@@ -23,7 +23,7 @@ NATS_URL = os.getenv("NATS_URL", "nats://device:password@nats:4222")
 COUNT = int(os.getenv("COUNT", "0"))  # 0 = forever
 INTERVAL = float(os.getenv("INTERVAL", "10"))
 
-# --- added (change 1): the sensor readings the seed leaves undefined ---
+# --- added (change 1): the sensor readings the article leaves undefined ---
 import random
 
 _rng = random.Random()

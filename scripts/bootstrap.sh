@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what jetscale needs on a fresh Debian machine, once: nats-server, PostgreSQL
 # (server binaries only: jetscale starts its own private cluster), Python's nats-py for the
-# seed's device script, and TimescaleDB built from the vendored source when that is present
+# IoT design's device script, and TimescaleDB built from the vendored source when that is present
 # (scripts/timescaledb.sh). Safe to run again; it only installs what is missing.
 set -euo pipefail
 

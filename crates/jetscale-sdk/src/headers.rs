@@ -2,8 +2,8 @@
 //!
 //! Every message carries `Content-Type` and a `Nats-Msg-Id`; messages in a format jetscale
 //! defines also carry `Jetscale-Format`, so the collector never has to guess from the
-//! payload. The seed-000 device payload ([`DeviceReading`](crate::DeviceReading)) carries only
-//! `Content-Type: application/json`, like the seed's Python device.
+//! payload. The IoT design's device payload ([`DeviceReading`](crate::DeviceReading)) carries only
+//! `Content-Type: application/json`, like the IoT design's Python device.
 
 use jetscale_model::subject::Signal;
 
@@ -33,11 +33,11 @@ pub const PROTOBUF: &str = "application/x-protobuf";
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
-    /// A seed-001 span record (`flat-span`).
+    /// A NATS-native service design span record (`flat-span`).
     FlatSpan,
-    /// A seed-001 metric point (`flat-metric`).
+    /// A NATS-native service design metric point (`flat-metric`).
     FlatMetric,
-    /// A seed-001 log record (`flat-log`).
+    /// A NATS-native service design log record (`flat-log`).
     FlatLog,
     /// An OTLP `Export*ServiceRequest` in protobuf (`otlp-proto;signal=metrics|traces|logs`).
     OtlpProto(Signal),

@@ -82,7 +82,7 @@ impl Message {
     }
 
     /// A span record on `telemetry.spans.{service}.{run_id}` with `Nats-Msg-Id`
-    /// `{trace_id}.{span_id}` (seed 001).
+    /// `{trace_id}.{span_id}` (the NATS-native service design).
     ///
     /// The run id is the span's `run_id` attribute (a string or a number) when it is a valid
     /// subject token, else the span's trace id, so every span of a trace without a run lands
@@ -142,7 +142,7 @@ impl Message {
         )
     }
 
-    /// A metric point on `telemetry.metrics.{service}.{name}` (seed 001); the dots of the
+    /// A metric point on `telemetry.metrics.{service}.{name}` (the NATS-native service design); the dots of the
     /// name become subject tokens.
     ///
     /// # Examples
@@ -182,7 +182,7 @@ impl Message {
         ))
     }
 
-    /// A log record on `telemetry.logs.{service}.{level}` (seed 001). The level is
+    /// A log record on `telemetry.logs.{service}.{level}` (the NATS-native service design). The level is
     /// lower-cased in the subject (`ERROR` is published on `….error`); the record keeps it as
     /// written.
     ///

@@ -1,4 +1,4 @@
-//! OTLP payloads: `Export*ServiceRequest`s as protobuf, and the seed-000 device payload as
+//! OTLP payloads: `Export*ServiceRequest`s as protobuf, and the IoT design's device payload as
 //! the OTLP JSON text its Python script writes.
 
 use crate::headers::{self, Format};
@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 
 impl Message {
     /// An OTLP metrics request as protobuf on `telemetry.metrics.{device_id}` (the subject of
-    /// seed 000), with `Content-Type: application/x-protobuf` and
+    /// the IoT pipeline design), with `Content-Type: application/x-protobuf` and
     /// `Jetscale-Format: otlp-proto;signal=metrics`.
     ///
     /// # Examples
@@ -97,9 +97,9 @@ impl Message {
         ))
     }
 
-    /// The seed-000 device payload ([`DeviceReading::to_otlp_json`]) on
+    /// The IoT design's device payload ([`DeviceReading::to_otlp_json`]) on
     /// `telemetry.metrics.{device_id}` with `Content-Type: application/json` and no
-    /// `Jetscale-Format` (the seed's device sends none; the collector knows OTLP JSON by its
+    /// `Jetscale-Format` (the IoT design's device sends none; the collector knows OTLP JSON by its
     /// content). Refuses non-finite readings, which Python would write as `NaN`, not JSON.
     ///
     /// # Examples
@@ -132,7 +132,7 @@ impl Message {
     }
 }
 
-/// One reading of seed 000's IoT device: temperature, humidity and battery level, sent as
+/// One reading of the IoT pipeline design's IoT device: temperature, humidity and battery level, sent as
 /// three OTLP gauges.
 ///
 /// # Examples
@@ -150,11 +150,11 @@ impl Message {
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeviceReading {
     /// `device.id` resource attribute and the subject token (`DEVICE_ID`, default `sensor-001`
-    /// in the seed).
+    /// in the IoT design).
     pub device_id: String,
-    /// `service.name` resource attribute; `iot-sensor` in the seed.
+    /// `service.name` resource attribute; `iot-sensor` in the IoT design.
     pub service_name: String,
-    /// `device.location` resource attribute; `warehouse-a` in the seed.
+    /// `device.location` resource attribute; `warehouse-a` in the IoT design.
     pub location: String,
     /// `device.temperature`, unit `Cel`.
     pub temperature: f64,
@@ -167,7 +167,7 @@ pub struct DeviceReading {
 }
 
 impl DeviceReading {
-    /// A reading taken now, with the seed's `service.name` (`iot-sensor`) and
+    /// A reading taken now, with the IoT design's `service.name` (`iot-sensor`) and
     /// `device.location` (`warehouse-a`).
     ///
     /// # Examples
@@ -202,7 +202,7 @@ impl DeviceReading {
         ]
     }
 
-    /// The payload exactly as seed 000's Python device writes it with `json.dumps`: the same
+    /// The payload exactly as the IoT pipeline design's Python device writes it with `json.dumps`: the same
     /// keys in the same order, `", "` and `": "` separators, non-ASCII escaped, floats as
     /// Python's `repr`, the time as a decimal string.
     ///
@@ -366,7 +366,7 @@ mod tests {
         assert_eq!(out, r#""caf\u00e9 \"q\" \\ \n\u0001\u007f\ud83d\ude00""#);
     }
 
-    /// What `json.dumps(payload)` prints for the seed's payload with
+    /// What `json.dumps(payload)` prints for the IoT design's payload with
     /// DEVICE_ID="sensor-001", temperature=21.5, humidity=40.0, battery=87.0 and
     /// time.time_ns() == 1705314601000000000 (checked against Python 3.11).
     const PYTHON_OUTPUT: &str = r#"{"resourceMetrics": [{"resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "iot-sensor"}}, {"key": "device.id", "value": {"stringValue": "sensor-001"}}, {"key": "device.location", "value": {"stringValue": "warehouse-a"}}]}, "scopeMetrics": [{"metrics": [{"name": "device.temperature", "unit": "Cel", "gauge": {"dataPoints": [{"timeUnixNano": "1705314601000000000", "asDouble": 21.5}]}}, {"name": "device.humidity", "unit": "%", "gauge": {"dataPoints": [{"timeUnixNano": "1705314601000000000", "asDouble": 40.0}]}}, {"name": "device.battery", "unit": "%", "gauge": {"dataPoints": [{"timeUnixNano": "1705314601000000000", "asDouble": 87.0}]}}]}]}]}"#;

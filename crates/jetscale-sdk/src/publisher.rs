@@ -309,7 +309,7 @@ impl Publisher {
             .await
     }
 
-    /// Publishes the seed-000 device payload (three gauges as OTLP JSON) on
+    /// Publishes the IoT design's device payload (three gauges as OTLP JSON) on
     /// `telemetry.metrics.{device_id}` with `Content-Type: application/json`.
     ///
     /// # Examples

@@ -147,7 +147,7 @@ async fn extension_created(db: &tokio_postgres::Client) -> bool {
     .is_some()
 }
 
-/// A small fleet published and collected; returns the rows the seed's anomaly query gave.
+/// A small fleet published and collected; returns the rows the IoT design's anomaly query gave.
 async fn collect_a_few_rows(settings: &Settings, db: &tokio_postgres::Client) -> usize {
     let sent = support::simulate(&settings.nats.url, 20, 3).await;
     assert_eq!(sent.acked, 60);
@@ -156,7 +156,7 @@ async fn collect_a_few_rows(settings: &Settings, db: &tokio_postgres::Client) ->
     support::assert_stored_as_sent(db, &[&sent]).await;
     db.query(SEED_ANOMALY_SQL.trim_end_matches(';'), &[])
         .await
-        .expect("the seed's anomaly query runs")
+        .expect("the IoT design's anomaly query runs")
         .len()
 }
 

@@ -6,7 +6,7 @@
 //! is worse than a refusal to start.
 
 /// Looks a variable up in the process environment. `HOSTNAME` falls back to the kernel's
-/// host name, since shells set it without exporting it and the seed's config relies on it.
+/// host name, since shells set it without exporting it and the IoT design's config relies on it.
 pub fn process_env(name: &str) -> Option<String> {
     match std::env::var(name) {
         Ok(value) => Some(value),

@@ -1,4 +1,4 @@
-//! The config file exactly as written: the seed's `collector-config.yaml` shape plus
+//! The config file exactly as written: the IoT design's `collector-config.yaml` shape plus
 //! jetscale's own optional keys. Every struct denies unknown keys, so a misspelled key is an
 //! error naming its path instead of a setting silently ignored.
 
@@ -89,7 +89,7 @@ pub struct NatsReceiver {
     pub url: Option<String>,
     /// The consumer's filter subject (seed: `telemetry.>`).
     pub subject: Option<String>,
-    /// Accepted for compatibility with the seed; JetStream collectors share work through
+    /// Accepted for compatibility with the IoT design; JetStream collectors share work through
     /// the durable consumer instead of a core queue group.
     pub queue_group: Option<String>,
     #[serde(default)]
@@ -149,7 +149,7 @@ pub struct JetStreamFile {
     pub stream_settings: StreamSettingsFile,
 }
 
-/// `receivers.nats.jetstream.stream_settings`: seed 000's `nats stream add` flags and seed
+/// `receivers.nats.jetstream.stream_settings`: the IoT pipeline design's `nats stream add` flags and seed
 /// 001's limits.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -236,7 +236,7 @@ pub struct PostgresExporter {
     /// jetscale: database connections writing batches in parallel.
     pub writers: Option<usize>,
     /// jetscale: how metric points are stored: `series` (narrow points table plus a series
-    /// table, behind a `table_name` view; the default) or `wide` (the seed's table as written).
+    /// table, behind a `table_name` view; the default) or `wide` (the IoT design's table as written).
     pub layout: Option<String>,
     /// jetscale: series ids the collector keeps in memory (series layout).
     pub series_cache: Option<usize>,

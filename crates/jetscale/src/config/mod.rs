@@ -1,4 +1,4 @@
-//! The collector's configuration: the seed's Collector-shaped YAML (receivers / processors /
+//! The collector's configuration: the IoT design's Collector-shaped YAML (receivers / processors /
 //! exporters / service.pipelines), parsed strictly, `${VAR}`-expanded, then resolved into the
 //! typed [`Settings`] the rest of the code is handed.
 //!
@@ -56,7 +56,7 @@ pub fn load(path: &Path, overrides: &Overrides) -> Result<Settings, ConfigError>
     settings::resolve(&file, overrides)
 }
 
-/// The settings used when no config file is given: the seed's defaults.
+/// The settings used when no config file is given: the IoT design's defaults.
 pub fn defaults(overrides: &Overrides) -> Result<Settings, ConfigError> {
     settings::resolve(&ConfigFile::default(), overrides)
 }

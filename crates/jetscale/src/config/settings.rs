@@ -56,7 +56,7 @@ pub struct TlsFiles {
     pub key_file: Option<String>,
 }
 
-/// How `jetscale setup` creates the stream (defaults: seed 000's `nats stream add`).
+/// How `jetscale setup` creates the stream (defaults: the IoT pipeline design's `nats stream add`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct StreamSettings {
     pub name: String,
@@ -87,9 +87,7 @@ pub struct ConsumerSettings {
 }
 
 /// Messages per pull request. The client asks for the next pull when half of one is left, so
-/// up to one and a half are buffered. 3,000 drained a backlog 11 % faster on average than
-/// 1,000, and won each of 5 alternating runs (BENCHMARKS.md, run I). Live at 50k msg/s, p99
-/// publish-to-commit latency was 262 ms against 1,763 ms, for the same peak RSS.
+/// up to one and a half are buffered. Why 3,000: BENCHMARKS.md, the `fetch_batch` comparison.
 pub const DEFAULT_FETCH_BATCH: usize = 3000;
 
 /// How the collector acknowledges committed deliveries.
@@ -185,9 +183,9 @@ impl std::fmt::Display for BackendChoice {
 pub enum MetricsLayout {
     /// `{table}_points (time, series_id, value)` with one `(series_id, time)` index, each
     /// distinct device/location/metric/unit/attributes once in `{table}_series`, and
-    /// `{table}` a view joining them with the seed's columns.
+    /// `{table}` a view joining them with the IoT design's columns.
     Series,
-    /// The seed's `iot_metrics` table as written: every column on every row, both its indexes.
+    /// The IoT design's `iot_metrics` table as written: every column on every row, both its indexes.
     Wide,
 }
 
@@ -254,7 +252,7 @@ pub struct Limits {
     pub max_past: Duration,
     /// Points further ahead than this are rejected.
     pub max_future: Duration,
-    /// Dead-letter a seed-000 message whose `device.id` differs from its subject's token.
+    /// Dead-letter an IoT-design device message whose `device.id` differs from its subject's token.
     pub verify_device_subject: bool,
 }
 
@@ -708,7 +706,7 @@ mod tests {
     use super::*;
     use std::path::Path;
 
-    /// The seed's collector-config.yaml, verbatim.
+    /// The IoT design's collector-config.yaml, verbatim.
     pub const SEED_CONFIG: &str = include_str!("../../../../examples/collector-config.yaml");
 
     fn env(name: &str) -> Option<String> {

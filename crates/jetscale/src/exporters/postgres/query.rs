@@ -4,7 +4,7 @@ use super::StoreError;
 use std::time::Duration;
 use tokio_postgres::Client;
 
-/// One row of the seed's abnormal-temperature query.
+/// One row of the IoT design's abnormal-temperature query.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Anomaly {
     pub device_id: String,
@@ -12,7 +12,7 @@ pub struct Anomaly {
     pub avg_value: f64,
 }
 
-/// The seed's query, verbatim but for its three constants, which are parameters.
+/// The IoT design's query, verbatim but for its three constants, which are parameters.
 pub const ANOMALY_SQL: &str = "SELECT device_id, location, avg(value) as avg_temp
 FROM iot_metrics
 WHERE metric_name = $1
@@ -21,7 +21,7 @@ GROUP BY device_id, location
 HAVING avg(value) > $3
 ORDER BY avg_temp DESC";
 
-/// The seed's query exactly as printed in the seed (for checks that it runs unchanged).
+/// The IoT design's query exactly as printed in the IoT design (for checks that it runs unchanged).
 pub const SEED_ANOMALY_SQL: &str = "-- Find devices with abnormal temperature in the last hour
 SELECT device_id, location, avg(value) as avg_temp
 FROM iot_metrics
@@ -32,7 +32,7 @@ HAVING avg(value) > 35.0
 ORDER BY avg_temp DESC;";
 
 /// Devices whose average `metric` over `window` is above `threshold`. The relation queried is
-/// the seed's `iot_metrics` (a view of the configured table when it has another name), in
+/// the IoT design's `iot_metrics` (a view of the configured table when it has another name), in
 /// the schema given.
 pub async fn anomalies(
     client: &Client,

@@ -1,7 +1,7 @@
 //! Least-privilege nats-server authorization for the TELEMETRY pipeline (`jetscale
 //! nats-config`).
 //!
-//! The seed's `authorization` block restricts one direction per user, which fails both ways
+//! The IoT design's `authorization` block restricts one direction per user, which fails both ways
 //! on a real server: its `device` user (publish `telemetry.>` only) may still *subscribe* to
 //! `telemetry.>` and read every device's data, and its `collector` user (subscribe
 //! `telemetry.>` only) cannot use a JetStream consumer at all, since pulling is a publish to
@@ -350,7 +350,7 @@ pub fn generate(
     );
     let _ = writeln!(
         out,
-        "# seed's block (which lets devices read all telemetry and stops the collector)."
+        "# IoT design's block (which lets devices read all telemetry and stops the collector)."
     );
     match spec.passwords {
         PasswordMode::EnvRefs => {

@@ -1,4 +1,4 @@
-//! Schema migrations: the seed's schema on TimescaleDB when the extension is there, and the
+//! Schema migrations: the IoT design's schema on TimescaleDB when the extension is there, and the
 //! same relation names and columns on plain PostgreSQL (range partitions as chunks, an
 //! incrementally maintained rollup as the continuous aggregate, partition drops as
 //! retention). All DDL runs under an advisory lock so collectors starting together do not
@@ -98,7 +98,7 @@ impl RelationNames {
         format!("{}.\"{name}\"", self.schema)
     }
     fn index(&self, seed_name: &str, suffix: &str) -> String {
-        // The seed's index names when the seed's table name is used, prefixed otherwise.
+        // The IoT design's index names when the IoT design's table name is used, prefixed otherwise.
         if self.table == "iot_metrics" {
             seed_name.to_owned()
         } else {

@@ -1,5 +1,5 @@
 //! The tables and views every backend has: bookkeeping (ledger, dead letters, rollup state),
-//! the metrics storage in either layout, the other signals' tables, and the seed's names.
+//! the metrics storage in either layout, the other signals' tables, and the IoT design's names.
 
 use super::timescale::signal_hypertables_sql;
 use super::{Backend, RelationNames};
@@ -78,7 +78,7 @@ CREATE TABLE IF NOT EXISTS {invalidations} (
     )
 }
 
-/// The seed's `iot_metrics` columns plus `attributes`, and its two indexes. `partition_clause`
+/// The IoT design's `iot_metrics` columns plus `attributes`, and its two indexes. `partition_clause`
 /// makes it a partitioned table; `after_create` runs before the indexes (create_hypertable).
 fn metrics_table_sql(n: &RelationNames, partition_clause: &str, after_create: &str) -> String {
     format!(
@@ -102,11 +102,11 @@ CREATE INDEX IF NOT EXISTS {idx_location} ON {metrics} (location, metric_name, t
     )
 }
 
-/// Where metric points are stored. Wide: the seed's table. Series: a narrow points table
+/// Where metric points are stored. Wide: the IoT design's table. Series: a narrow points table
 /// with one `(series_id, time)` index, the series table (B-tree indexes on device and on
 /// metric and location: hash indexes were measured 2.5x slower to insert into as the table
-/// grows, which a fleet coming online pays for every series), and the seed's
-/// columns as a view, so the seed's SQL runs verbatim. `after_create` runs after the points
+/// grows, which a fleet coming online pays for every series), and the IoT design's
+/// columns as a view, so the IoT design's SQL runs verbatim. `after_create` runs after the points
 /// (or wide) table is created and before its indexes (create_hypertable). Without
 /// `index_points_on_insert` the points table has no index of its own: each partition gets one
 /// when it closes (`jetscale_index_closed_points`).
@@ -249,9 +249,9 @@ CREATE INDEX IF NOT EXISTS {logs_trace} ON {logs} (trace_id) WHERE trace_id IS N
     sql
 }
 
-/// The seed's config writes `otel_metrics`, its schema and query read `iot_metrics`: when the
-/// configured table is not `iot_metrics`, the seed's names become views of it (if free), so
-/// the seed's SQL runs verbatim either way. Native PostgreSQL also gets `time_bucket`.
+/// The IoT design's config writes `otel_metrics`, its schema and query read `iot_metrics`: when the
+/// configured table is not `iot_metrics`, the IoT design's names become views of it (if free), so
+/// the IoT design's SQL runs verbatim either way. Native PostgreSQL also gets `time_bucket`.
 pub(super) fn seed_aliases_sql(n: &RelationNames) -> String {
     let mut sql = String::new();
     if n.table != "iot_metrics" {

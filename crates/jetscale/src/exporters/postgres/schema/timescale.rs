@@ -1,5 +1,5 @@
 //! The TimescaleDB side of the schema: hypertables, the continuous aggregate behind the
-//! seed's `_hourly` relation, and retention policies, with the calls the installed version
+//! IoT design's `_hourly` relation, and retention policies, with the calls the installed version
 //! supports.
 
 use super::tables::metrics_storage_sql;
@@ -8,7 +8,7 @@ use crate::config::{MetricsLayout, StoreSettings};
 use crate::exporters::postgres::batch::Table;
 use std::time::Duration;
 
-/// The seed's schema for TimescaleDB, with the calls its version supports.
+/// The IoT design's schema for TimescaleDB, with the calls its version supports.
 pub(super) fn timescale_sql(
     n: &RelationNames,
     s: &StoreSettings,
@@ -49,7 +49,7 @@ pub(super) fn timescale_sql(
                 &n.hourly
             }
             // A continuous aggregate reads one hypertable: it sums per series, and the
-            // seed's `_hourly` relation is a view regrouping those sums by device, location
+            // IoT design's `_hourly` relation is a view regrouping those sums by device, location
             // and metric.
             MetricsLayout::Series => {
                 sql.push_str(&continuous_aggregate_sql(
@@ -142,7 +142,7 @@ fn retention_sql(relation: &str, keep: Duration) -> String {
 
 /// An hourly continuous aggregate of `source` per `group`, with `first` (`avg` or `sum`) of
 /// the values, their min, max and count. Since 2.13 continuous aggregates are
-/// materialized-only by default; the seed's dashboards expect the current hour too, so
+/// materialized-only by default; the IoT design's dashboards expect the current hour too, so
 /// `realtime` turns that off.
 fn continuous_aggregate_sql(
     view: &str,
