@@ -1,8 +1,7 @@
 //! A record, or a rejection, as one JSON object per line: every field of the record, its
 //! times as RFC 3339 and as nanoseconds, attributes embedded as JSON objects.
 
-use super::render::level_of;
-use super::Origin;
+use super::{level_of, Origin};
 use crate::decode::Rejection;
 use jetscale_model::{DistributionPoint, LogRecord, MetricPoint, SpanRecord};
 use serde::Serialize;

@@ -15,8 +15,7 @@ mod render;
 
 pub use follow::{run, Start, TailError, TailOptions, TailReport};
 pub use render::{
-    level_of, render_distribution, render_log, render_metric, render_rejection, render_span,
-    time_ms,
+    render_distribution, render_log, render_metric, render_rejection, render_span, time_ms,
 };
 
 use crate::config::Settings;
@@ -143,6 +142,23 @@ pub fn context_at(settings: &Settings, published_ns: i64) -> DecodeContext<'_> {
 
 fn nanos(d: Duration) -> i64 {
     i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}
+
+/// The level word of a log record: its severity text, else the name of its OTLP number.
+pub fn level_of(log: &LogRecord<'_>) -> String {
+    if !log.severity_text.is_empty() {
+        return log.severity_text.to_ascii_uppercase();
+    }
+    match log.severity_number {
+        1..=4 => "TRACE",
+        5..=8 => "DEBUG",
+        9..=12 => "INFO",
+        13..=16 => "WARN",
+        17..=20 => "ERROR",
+        21..=24 => "FATAL",
+        _ => "-",
+    }
+    .to_owned()
 }
 
 #[cfg(test)]

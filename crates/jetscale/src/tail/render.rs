@@ -2,7 +2,7 @@
 //! then what matters for that signal; plain or with ANSI colours. [`Style::Json`] is handed to
 //! the `json` module.
 
-use super::{json, Origin, Style};
+use super::{json, level_of, Origin, Style};
 use crate::decode::Rejection;
 use jetscale_model::{DistributionPoint, LogRecord, MetricKind, MetricPoint, SpanRecord};
 use std::fmt::Write as _;
@@ -141,23 +141,6 @@ fn millis(ns: i64) -> String {
     } else {
         text.to_owned()
     }
-}
-
-/// The level word of a log record: its severity text, else the name of its OTLP number.
-pub fn level_of(log: &LogRecord<'_>) -> String {
-    if !log.severity_text.is_empty() {
-        return log.severity_text.to_ascii_uppercase();
-    }
-    match log.severity_number {
-        1..=4 => "TRACE",
-        5..=8 => "DEBUG",
-        9..=12 => "INFO",
-        13..=16 => "WARN",
-        17..=20 => "ERROR",
-        21..=24 => "FATAL",
-        _ => "-",
-    }
-    .to_owned()
 }
 
 fn level_color(log: &LogRecord<'_>) -> &'static str {

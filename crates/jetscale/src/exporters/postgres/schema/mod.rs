@@ -17,7 +17,7 @@ use crate::exporters::postgres::batch::Table;
 use native::{native_rollup_sql, native_sql};
 use std::time::Duration;
 use tables::{bookkeeping_sql, seed_aliases_sql, signal_tables_sql};
-use timescale::timescale_sql;
+use timescale::{signal_hypertables_sql, timescale_sql};
 use tokio_postgres::Client;
 
 /// Bumped when the jetscale-owned objects change shape.
@@ -182,7 +182,9 @@ async fn migrate_locked(
     if !backend.continuous_aggregate() {
         tx.batch_execute(&native_rollup_sql(&names)).await?;
     }
-    tx.batch_execute(&signal_tables_sql(&names, &backend, settings))
+    tx.batch_execute(&signal_tables_sql(&names, &backend))
+        .await?;
+    tx.batch_execute(&signal_hypertables_sql(&names, settings, &backend))
         .await?;
     for table in Table::ALL {
         if names.plain(table) == names.table {

@@ -1,9 +1,8 @@
 //! The tables and views every backend has: bookkeeping (ledger, dead letters, rollup state),
 //! the metrics storage in either layout, the other signals' tables, and the IoT design's names.
 
-use super::timescale::signal_hypertables_sql;
 use super::{Backend, RelationNames};
-use crate::config::{MetricsLayout, StoreSettings};
+use crate::config::MetricsLayout;
 use crate::exporters::postgres::batch::Table;
 
 /// Tables every backend needs: delivery ledger, dead letters, bookkeeping.
@@ -165,14 +164,14 @@ FROM {points} p JOIN {series} s ON s.series_id = p.series_id;
 /// Tables for the other signals: distribution points, spans, logs. Partitioned by time like
 /// the metrics table (hypertables on TimescaleDB), with the indexes users' queries need: a
 /// trace by id, a service's errors in a window, a device's or service's metric over time.
-pub(super) fn signal_tables_sql(n: &RelationNames, backend: &Backend, s: &StoreSettings) -> String {
+pub(super) fn signal_tables_sql(n: &RelationNames, backend: &Backend) -> String {
     let partition = if backend.native_partitions() {
         " PARTITION BY RANGE (time)"
     } else {
         ""
     };
     let idx = |table: Table, suffix: &str| format!("\"{}_{suffix}\"", n.plain(table));
-    let mut sql = format!(
+    format!(
         r#"
 CREATE TABLE IF NOT EXISTS {dist} (
     time        TIMESTAMPTZ NOT NULL,
@@ -244,9 +243,7 @@ CREATE INDEX IF NOT EXISTS {logs_trace} ON {logs} (trace_id) WHERE trace_id IS N
         logs_service = idx(Table::Logs, "service_time"),
         logs_errors = idx(Table::Logs, "errors"),
         logs_trace = idx(Table::Logs, "trace"),
-    );
-    sql.push_str(&signal_hypertables_sql(n, s, backend));
-    sql
+    )
 }
 
 /// The IoT design's config writes `otel_metrics`, its schema and query read `iot_metrics`: when the
