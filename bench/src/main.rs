@@ -99,7 +99,7 @@ async fn main() -> Result<()> {
         "bench: starting private nats-server and PostgreSQL under {}",
         stack_dir.display()
     );
-    let (nats, pg) = jetscale::dev::start_stack(&stack_dir).await?;
+    let (nats, pg) = jetscale::dev::start_stack(&stack_dir, false).await?;
 
     let mut results = serde_json::Map::new();
     results.insert("machine".into(), json!(machine));

@@ -47,11 +47,18 @@ struct Stack {
 async fn start_stack(global: &Global, dir: &std::path::Path) -> anyhow::Result<Stack> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir.canonicalize()?;
+    // TimescaleDB is the backend the pipeline is designed for: use it when it is installed.
+    let timescaledb = jetscale::dev::timescaledb_installed();
     eprintln!(
-        "starting a private nats-server and PostgreSQL under {}",
+        "starting a private nats-server and PostgreSQL{} under {}",
+        if timescaledb {
+            " (TimescaleDB preloaded)"
+        } else {
+            ""
+        },
         dir.display()
     );
-    let (nats, postgres) = jetscale::dev::start_stack(&dir)
+    let (nats, postgres) = jetscale::dev::start_stack(&dir, timescaledb)
         .await
         .context("starting the private servers")?;
     // Kept when it is there from an earlier run.

@@ -19,7 +19,7 @@ mod nats;
 mod postgres;
 
 pub use nats::{start_cluster, NatsServer, NatsServerOptions};
-pub use postgres::{PostgresCluster, PostgresOptions};
+pub use postgres::{timescaledb_installed, PostgresCluster, PostgresOptions};
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -150,18 +150,23 @@ impl DevError {
 }
 
 /// Starts the local stack of `jetscale dev` and the benchmarks: a private nats-server in
-/// `<dir>/nats` and a private PostgreSQL cluster in `<dir>/pg`, each on free ports.
-pub async fn start_stack(dir: &Path) -> Result<(NatsServer, PostgresCluster), DevError> {
+/// `<dir>/nats` and a private PostgreSQL cluster in `<dir>/pg`, each on free ports, the
+/// cluster preloading TimescaleDB when `timescaledb` is set (see [`timescaledb_installed`]).
+pub async fn start_stack(
+    dir: &Path,
+    timescaledb: bool,
+) -> Result<(NatsServer, PostgresCluster), DevError> {
     let nats = NatsServer::start(NatsServerOptions {
         dir: dir.join("nats"),
         ..Default::default()
     })
     .await?;
-    let postgres = PostgresCluster::start(PostgresOptions {
+    let options = PostgresOptions {
         dir: dir.join("pg"),
         ..Default::default()
-    })
-    .await?;
+    };
+    let preload: &[&str] = if timescaledb { &["timescaledb"] } else { &[] };
+    let postgres = PostgresCluster::start_preloading(options, preload).await?;
     Ok((nats, postgres))
 }
 

@@ -427,6 +427,17 @@ fn exit_log_contains(err: &DevError, needle: &str) -> bool {
 
 /// Finds `initdb` and `postgres`: `$JETSCALE_PG_BIN`, the newest `/usr/lib/postgresql/*/bin`,
 /// then `PATH`.
+/// Whether TimescaleDB's library is installed beside the PostgreSQL binaries a private
+/// cluster would use: then a cluster started with it preloaded can create the extension.
+pub fn timescaledb_installed() -> bool {
+    find_binaries().is_ok_and(|b| {
+        b.postgres
+            .parent()
+            .and_then(Path::parent)
+            .is_some_and(|root| root.join("lib").join("timescaledb.so").exists())
+    })
+}
+
 fn find_binaries() -> Result<Binaries, DevError> {
     let not_found = |searched: String| DevError::BinaryNotFound {
         name: "PostgreSQL (initdb and postgres)",
