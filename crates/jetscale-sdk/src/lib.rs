@@ -55,10 +55,10 @@ mod otlp;
 mod publisher;
 
 pub use connect::{redact_url, ConnectOptions};
-pub use error::Error;
+pub use error::{Error, Stored};
 pub use layer::{JetscaleLayer, LayerBuilder, LayerHandle, LayerStats};
 pub use message::{IntoMessage, Message, Record};
-pub use options::{PublisherOptions, RetryPolicy};
+pub use options::{PublisherOptions, RetryPolicy, DEFAULT_RETRY_BUDGET};
 pub use otlp::DeviceReading;
 pub use publisher::{BatchError, Publisher};
 

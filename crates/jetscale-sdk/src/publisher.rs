@@ -1,7 +1,7 @@
 //! The publisher: every message through JetStream, acknowledged, retried with the same
 //! `Nats-Msg-Id`, with a bounded number of acks in flight.
 
-use crate::error::is_transient;
+use crate::error::{attempt_may_be_stored, is_transient, Stored};
 use crate::options::{PublisherOptions, RetryPolicy};
 use crate::otlp::DeviceReading;
 use crate::{Error, IntoMessage, Message, PublishAck};
@@ -14,6 +14,7 @@ use opentelemetry_proto::tonic::collector::{
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
@@ -21,9 +22,15 @@ use tokio::task::JoinSet;
 /// and the in-flight limit.
 ///
 /// Every publish goes through JetStream and returns once the stream acknowledged the message
-/// (or reported it a duplicate). A message that gets no ack in time, or finds no stream, is
-/// sent again with the same `Nats-Msg-Id` per the [`RetryPolicy`], so retries never store a
-/// second copy within the stream's duplicate window.
+/// (or reported it a duplicate). A message that gets no ack in time, or finds no stream (a
+/// leader election), is sent again with the same `Nats-Msg-Id` per the [`RetryPolicy`] for up
+/// to its time budget (30 s by default), so retries ride through a node's crash or a short
+/// loss of the connection and never store a second copy within the stream's duplicate window.
+///
+/// Memory is bounded: at most [`PublisherOptions::max_in_flight`] messages are held (waiting
+/// for an ack or a retry); a publish beyond it waits for a slot, and fails with
+/// [`Error::Backpressure`] if none frees within the budget. A publish that fails says whether
+/// the stream may hold the message ([`Error::may_be_stored`]).
 ///
 /// # Examples
 ///
@@ -162,7 +169,7 @@ impl Publisher {
     /// ```
     pub async fn publish(&self, message: impl IntoMessage) -> Result<PublishAck, Error> {
         let message = message.into_message()?;
-        self.start(message).await.await
+        self.start(message).await?.await
     }
 
     /// Publishes a span record on `telemetry.spans.{service}.{run_id}` with `Nats-Msg-Id`
@@ -366,10 +373,12 @@ impl Publisher {
         for (index, record) in records.into_iter().enumerate() {
             results.push(None);
             match record.into_message() {
-                Ok(message) => {
-                    let confirm = self.start(message).await;
-                    tasks.spawn(async move { (index, confirm.await) });
-                }
+                Ok(message) => match self.start(message).await {
+                    Ok(confirm) => {
+                        tasks.spawn(async move { (index, confirm.await) });
+                    }
+                    Err(err) => results[index] = Some(Err(err)),
+                },
                 Err(err) => results[index] = Some(Err(err)),
             }
             while let Some(joined) = tasks.try_join_next() {
@@ -394,21 +403,29 @@ impl Publisher {
 
     /// Takes an in-flight slot and sends the message; the returned future waits for the ack,
     /// retrying per the policy, and frees the slot when done. Spawnable: it owns what it uses.
+    /// Waiting for a slot is bounded by the retry budget: a stream that acknowledges nothing
+    /// for that long gets [`Error::Backpressure`] rather than an ever longer queue of callers.
     pub(crate) async fn start(
         &self,
         message: Message,
-    ) -> impl Future<Output = Result<PublishAck, Error>> + Send + 'static {
-        let permit = self
-            .inner
-            .in_flight
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the in-flight semaphore is never closed");
+    ) -> Result<impl Future<Output = Result<PublishAck, Error>> + Send + 'static, Error> {
+        let retry = self.inner.retry.clone();
+        let waiting = Instant::now();
+        let slot = self.inner.in_flight.clone().acquire_owned();
+        let permit = match tokio::time::timeout(retry.max_elapsed, slot).await {
+            Ok(permit) => permit.expect("the in-flight semaphore is never closed"),
+            Err(_) => {
+                return Err(Error::Backpressure {
+                    subject: message.subject().to_owned(),
+                    max_in_flight: self.inner.max_in_flight,
+                    waited: waiting.elapsed(),
+                })
+            }
+        };
+        let started = Instant::now();
         let first = send(&self.inner.js, &message).await;
         let js = self.inner.js.clone();
-        let retry = self.inner.retry.clone();
-        confirm(js, retry, message, first, permit)
+        Ok(confirm(js, retry, message, started, first, permit))
     }
 }
 
@@ -421,43 +438,59 @@ async fn send(js: &Context, message: &Message) -> Result<PublishAckFuture, Publi
     .await
 }
 
+/// Awaits the ack of a message sent at `started`, sending it again (same `Nats-Msg-Id`) after
+/// each transient failure until the policy's time budget or attempt count runs out.
 async fn confirm(
     js: Context,
     retry: RetryPolicy,
     message: Message,
+    started: Instant,
     first: Result<PublishAckFuture, PublishError>,
     permit: OwnedSemaphorePermit,
 ) -> Result<PublishAck, Error> {
     let mut attempt = 1;
+    let mut stored = Stored::No;
     let mut pending = first;
     let outcome = loop {
         let result = match pending {
             Ok(ack) => ack.await,
             Err(err) => Err(err),
         };
-        match result {
+        let err = match result {
             Ok(ack) => break Ok(ack),
-            Err(err) if is_transient(err.kind()) && attempt < retry.attempts.max(1) => {
-                tracing::debug!(
-                    target: "jetscale_sdk",
-                    subject = message.subject(),
-                    msg_id = message.msg_id(),
-                    attempt,
-                    error = %err,
-                    "publish not acknowledged; sending again with the same Nats-Msg-Id"
-                );
-                tokio::time::sleep(retry.backoff(attempt)).await;
-                attempt += 1;
-                pending = send(&js, &message).await;
-            }
-            Err(err) => {
-                break Err(Error::Publish {
-                    subject: message.subject().to_owned(),
-                    attempts: attempt,
-                    source: err,
-                })
-            }
+            Err(err) => err,
+        };
+        if attempt_may_be_stored(err.kind()) {
+            stored = Stored::Maybe;
         }
+        let elapsed = started.elapsed();
+        if !is_transient(err.kind())
+            || attempt >= retry.attempts.max(1)
+            || elapsed >= retry.max_elapsed
+        {
+            break Err(Error::Publish {
+                subject: message.subject().to_owned(),
+                msg_id: message.msg_id().to_owned(),
+                attempts: attempt,
+                elapsed,
+                stored,
+                source: err,
+            });
+        }
+        tracing::debug!(
+            target: "jetscale_sdk",
+            subject = message.subject(),
+            msg_id = message.msg_id(),
+            attempt,
+            error = %err,
+            "publish not acknowledged; sending again with the same Nats-Msg-Id"
+        );
+        // The last retry starts at the budget's end at the latest, so it stays inside a
+        // duplicate window at least as long as the budget.
+        let wait = retry.backoff(attempt).min(retry.max_elapsed - elapsed);
+        tokio::time::sleep(wait).await;
+        attempt += 1;
+        pending = send(&js, &message).await;
     };
     drop(permit);
     outcome
