@@ -385,12 +385,7 @@ async fn publish_many_pipelines_in_order_and_reports_each_failure() {
 #[tokio::test]
 async fn publishing_retries_until_the_stream_exists() {
     let server = NatsServer::start();
-    let log = FlatLog {
-        level: "info".into(),
-        message: "started".into(),
-        service: "engine".into(),
-        ..Default::default()
-    };
+    let log = started_log();
 
     // No stream and no retries: the error says so, and that it is worth retrying.
     let once = PublisherOptions::new()
@@ -586,12 +581,7 @@ async fn the_example_service_publishes_its_spans_logs_and_metrics() {
 #[tokio::test]
 async fn retries_are_bounded_by_time_not_by_count() {
     let server = NatsServer::start();
-    let log = FlatLog {
-        level: "info".into(),
-        message: "started".into(),
-        service: "engine".into(),
-        ..Default::default()
-    };
+    let log = started_log();
     // No stream ever: "no responders" comes back at once, so a count of attempts would be
     // spent in a few hundred milliseconds; the budget keeps the message for 1.5 s.
     let publisher = PublisherOptions::new()
@@ -637,12 +627,7 @@ async fn an_unanswered_publish_may_be_stored_and_a_full_buffer_pushes_back() {
         .connect(&server.url())
         .await
         .unwrap();
-    let log = FlatLog {
-        level: "info".into(),
-        message: "started".into(),
-        service: "engine".into(),
-        ..Default::default()
-    };
+    let log = started_log();
     let first = {
         let publisher = publisher.clone();
         let log = log.clone();
@@ -672,4 +657,14 @@ async fn an_unanswered_publish_may_be_stored_and_a_full_buffer_pushes_back() {
         "an ack timeout may hide a stored message: {err}"
     );
     assert!(err.to_string().contains("same Nats-Msg-Id"), "{err}");
+}
+
+/// An info log of the engine service.
+fn started_log() -> FlatLog {
+    FlatLog {
+        level: "info".into(),
+        message: "started".into(),
+        service: "engine".into(),
+        ..Default::default()
+    }
 }

@@ -42,8 +42,8 @@ pub enum Provisioned {
 /// budget ([`jetscale_sdk::DEFAULT_RETRY_BUDGET`]): a device retrying through a leader election
 /// could then store a reading twice. Warned about, not refused: the NATS-native service
 /// design's 5 s window is a documented choice that must keep working, and only the publishers
-/// know their budget (`jetscale simulate` and [`jetscale_sdk::RetryPolicy`] refuse to run with
-/// a budget longer than the window they find).
+/// know their budget (`jetscale simulate` refuses to run with a budget longer than the window
+/// it finds; SDK users check theirs with [`jetscale_sdk::RetryPolicy::check_duplicate_window`]).
 pub fn duplicate_window_advice(s: &StreamSettings) -> Option<String> {
     let budget = jetscale_sdk::DEFAULT_RETRY_BUDGET;
     (s.duplicate_window < budget).then(|| {
