@@ -135,6 +135,14 @@ pub enum Error {
         /// How long it waited for a slot.
         waited: Duration,
     },
+    /// The stream's settings could not be read (to check its duplicate window).
+    #[error("cannot read the settings of stream {stream}: {detail}")]
+    StreamInfo {
+        /// The stream.
+        stream: String,
+        /// The server's or the client's error.
+        detail: String,
+    },
     /// The retry budget is longer than the stream's duplicate window, so a late retry of a
     /// message already stored would store it again.
     #[error(
@@ -169,7 +177,7 @@ impl Error {
         match self {
             Error::Connect { .. } => true,
             Error::Publish { source, .. } => is_transient(source.kind()),
-            Error::Backpressure { .. } => true,
+            Error::Backpressure { .. } | Error::StreamInfo { .. } => true,
             Error::DuplicateWindowTooShort { .. }
             | Error::InvalidUrl { .. }
             | Error::Credentials { .. }

@@ -13,6 +13,7 @@ use opentelemetry_proto::tonic::collector::{
 };
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -60,6 +61,8 @@ struct Inner {
     client: async_nats::Client,
     js: Context,
     in_flight: Arc<Semaphore>,
+    /// Set once the first ack started the check of that stream's duplicate window.
+    window_checked: AtomicBool,
     max_in_flight: usize,
     retry: RetryPolicy,
 }
@@ -118,6 +121,7 @@ impl Publisher {
                 in_flight: Arc::new(Semaphore::new(options.max_in_flight)),
                 max_in_flight: options.max_in_flight,
                 retry: options.retry,
+                window_checked: AtomicBool::new(false),
             }),
         }
     }
@@ -401,6 +405,60 @@ impl Publisher {
         }
     }
 
+    /// Checks that the duplicate window of `stream` is at least this publisher's retry budget
+    /// (see [`RetryPolicy::check_duplicate_window`]); the publisher also does so by itself
+    /// after its first ack, and logs a warning when it is not.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn run(publisher: jetscale_sdk::Publisher) -> Result<(), jetscale_sdk::Error> {
+    /// publisher.check_duplicate_window("TELEMETRY").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn check_duplicate_window(&self, stream: &str) -> Result<(), Error> {
+        let info_error = |detail: String| Error::StreamInfo {
+            stream: stream.to_owned(),
+            detail,
+        };
+        let mut handle = self
+            .inner
+            .js
+            .get_stream(stream)
+            .await
+            .map_err(|e| info_error(e.to_string()))?;
+        let window = handle
+            .info()
+            .await
+            .map_err(|e| info_error(e.to_string()))?
+            .config
+            .duplicate_window;
+        self.inner.retry.check_duplicate_window(window)
+    }
+
+    /// After the first ack: warns, once, when the stream's duplicate window is shorter than
+    /// the retry budget. A warning, not a refusal: the message was stored, and a user without
+    /// permission to read stream info must still be able to publish.
+    fn check_window_once(&self, stream: &str) {
+        if self.inner.window_checked.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let publisher = self.clone();
+        let stream = stream.to_owned();
+        tokio::spawn(async move {
+            match publisher.check_duplicate_window(&stream).await {
+                Ok(()) => {}
+                Err(err @ Error::DuplicateWindowTooShort { .. }) => {
+                    tracing::warn!(target: "jetscale_sdk", stream, "{err}");
+                }
+                Err(err) => {
+                    tracing::debug!(target: "jetscale_sdk", error = %err, "duplicate window not checked");
+                }
+            }
+        });
+    }
+
     /// Takes an in-flight slot and sends the message; the returned future waits for the ack,
     /// retrying per the policy, and frees the slot when done. Spawnable: it owns what it uses.
     /// Waiting for a slot is bounded by the retry budget: a stream that acknowledges nothing
@@ -424,8 +482,15 @@ impl Publisher {
         };
         let started = Instant::now();
         let first = send(&self.inner.js, &message).await;
-        let js = self.inner.js.clone();
-        Ok(confirm(js, retry, message, started, first, permit))
+        let publisher = self.clone();
+        Ok(async move {
+            let outcome =
+                confirm(&publisher.inner.js, retry, message, started, first, permit).await;
+            if let Ok(ack) = &outcome {
+                publisher.check_window_once(&ack.stream);
+            }
+            outcome
+        })
     }
 }
 
@@ -441,7 +506,7 @@ async fn send(js: &Context, message: &Message) -> Result<PublishAckFuture, Publi
 /// Awaits the ack of a message sent at `started`, sending it again (same `Nats-Msg-Id`) after
 /// each transient failure until the policy's time budget or attempt count runs out.
 async fn confirm(
-    js: Context,
+    js: &Context,
     retry: RetryPolicy,
     message: Message,
     started: Instant,
@@ -490,7 +555,7 @@ async fn confirm(
         let wait = retry.backoff(attempt).min(retry.max_elapsed - elapsed);
         tokio::time::sleep(wait).await;
         attempt += 1;
-        pending = send(&js, &message).await;
+        pending = send(js, &message).await;
     };
     drop(permit);
     outcome

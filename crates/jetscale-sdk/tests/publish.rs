@@ -668,3 +668,30 @@ fn started_log() -> FlatLog {
         ..Default::default()
     }
 }
+
+#[tokio::test]
+async fn a_duplicate_window_shorter_than_the_budget_is_reported() {
+    let server = NatsServer::start();
+    let publisher = Publisher::connect(&server.url()).await.unwrap();
+    create_stream(publisher.client()).await; // the service design's 5 s window
+    let err = publisher
+        .check_duplicate_window("TELEMETRY")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::DuplicateWindowTooShort { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("duplicate_window"), "{err}");
+    let within = PublisherOptions::new()
+        .retry(RetryPolicy {
+            max_elapsed: Duration::from_secs(5),
+            ..RetryPolicy::default()
+        })
+        .connect(&server.url())
+        .await
+        .unwrap();
+    within.check_duplicate_window("TELEMETRY").await.unwrap();
+    let err = within.check_duplicate_window("NOPE").await.unwrap_err();
+    assert!(matches!(err, Error::StreamInfo { .. }), "{err}");
+}
