@@ -11,6 +11,11 @@
 //!   `Nats-Msg-Id` (`{trace_id}.{span_id}` for spans, a random 128-bit id otherwise) that
 //!   stays the same across retries, so the stream's duplicate window drops the copies a retry
 //!   produces.
+//! - Retries ride through a stream leader election or a short loss of the connection: each
+//!   message is retried for up to [`RetryPolicy::max_elapsed`] (30 s by default, within the
+//!   2-minute duplicate window `jetscale setup` creates), at most `max_in_flight` messages are
+//!   held meanwhile, and an error says whether the message may be stored
+//!   ([`Error::may_be_stored`]). `docs/publishing.md` has the failure-by-failure table.
 //! - [`Publisher::publish_many`] pipelines acks for high-rate publishing, bounded by
 //!   [`PublisherOptions::max_in_flight`].
 //! - [`DeviceReading`] builds the three-gauge OTLP JSON payload of the IoT pipeline design's
@@ -55,10 +60,10 @@ mod otlp;
 mod publisher;
 
 pub use connect::{redact_url, ConnectOptions};
-pub use error::Error;
+pub use error::{Error, Stored};
 pub use layer::{JetscaleLayer, LayerBuilder, LayerHandle, LayerStats};
 pub use message::{IntoMessage, Message, Record};
-pub use options::{PublisherOptions, RetryPolicy};
+pub use options::{PublisherOptions, RetryPolicy, DEFAULT_RETRY_BUDGET};
 pub use otlp::DeviceReading;
 pub use publisher::{BatchError, Publisher};
 

@@ -7,11 +7,22 @@ use crate::{ConnectOptions, Error, Publisher};
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// How often and how patiently an unacknowledged message is sent again.
+/// How long a [`RetryPolicy`] keeps retrying by default: longer than a JetStream stream leader
+/// election after a node crash (seconds) or a short loss of the connection, and well inside
+/// the default 2-minute duplicate window of a stream, so that a retry never stores a second copy.
+pub const DEFAULT_RETRY_BUDGET: Duration = Duration::from_secs(30);
+
+/// How long and how often an unacknowledged message is sent again.
 ///
-/// Only transient failures are retried (no ack within the ack timeout, no stream answering,
-/// the connection lost while waiting); each retry sends the same `Nats-Msg-Id`, so a message
-/// the stream did store the first time is not stored twice.
+/// Only transient failures are retried (no ack within the ack timeout, no stream answering
+/// during a leader election, the connection lost while waiting); each retry sends the same
+/// `Nats-Msg-Id`, so a message the stream did store the first time is not stored twice, as
+/// long as the last retry starts within the stream's duplicate window: see
+/// [`check_duplicate_window`](RetryPolicy::check_duplicate_window).
+///
+/// Retries are bounded by time first ([`max_elapsed`](RetryPolicy::max_elapsed)): a count
+/// alone gives up in under a second when failures come back at once ("no responders" while a
+/// new stream leader is elected), long before the election is over.
 ///
 /// # Examples
 ///
@@ -20,7 +31,7 @@ use std::time::Duration;
 /// use std::time::Duration;
 ///
 /// let policy = RetryPolicy {
-///     attempts: 6,
+///     max_elapsed: Duration::from_secs(10),
 ///     initial_backoff: Duration::from_millis(50),
 ///     ..RetryPolicy::default()
 /// };
@@ -29,20 +40,26 @@ use std::time::Duration;
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetryPolicy {
-    /// Sends per message, the first included; 1 disables retries. Default 4.
+    /// Sends per message, the first included; 1 disables retries. Default: no limit
+    /// (`u32::MAX`), the time budget decides.
     pub attempts: u32,
     /// Wait before the first retry; doubled for each next one. Default 100 ms.
     pub initial_backoff: Duration,
     /// Upper bound of the wait. Default 2 s.
     pub max_backoff: Duration,
+    /// No retry starts later than this after the first send (the last attempt may then wait
+    /// up to the ack timeout for its ack). Default [`DEFAULT_RETRY_BUDGET`] (30 s). Keep it
+    /// within the stream's duplicate window.
+    pub max_elapsed: Duration,
 }
 
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
-            attempts: 4,
+            attempts: u32::MAX,
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(2),
+            max_elapsed: DEFAULT_RETRY_BUDGET,
         }
     }
 }
@@ -78,6 +95,36 @@ impl RetryPolicy {
     /// ```
     pub fn backoff(&self, retry: u32) -> Duration {
         Backoff::new(self.initial_backoff, self.max_backoff).delay(retry)
+    }
+
+    /// Refuses a retry budget longer than the stream's duplicate window: a retry sent after
+    /// the window has passed is not recognised as one, so a message whose first attempt was
+    /// stored (its ack lost) would be stored twice. Raise the stream's `duplicate_window`
+    /// (`jetscale setup` makes it 2 minutes by default) or shorten
+    /// [`max_elapsed`](RetryPolicy::max_elapsed).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use jetscale_sdk::RetryPolicy;
+    /// use std::time::Duration;
+    ///
+    /// let policy = RetryPolicy::default();
+    /// assert!(policy.check_duplicate_window(Duration::from_secs(120)).is_ok());
+    /// // The NATS-native service design's 5 s window is too short for the default budget.
+    /// let err = policy.check_duplicate_window(Duration::from_secs(5)).unwrap_err();
+    /// assert!(err.to_string().contains("duplicate window"));
+    /// ```
+    pub fn check_duplicate_window(&self, window: Duration) -> Result<(), Error> {
+        // A policy that never retries cannot store a copy, whatever the window.
+        if self.attempts <= 1 || self.max_elapsed <= window {
+            Ok(())
+        } else {
+            Err(Error::DuplicateWindowTooShort {
+                window,
+                budget: self.max_elapsed,
+            })
+        }
     }
 }
 
@@ -121,7 +168,8 @@ impl Default for PublisherOptions {
 }
 
 impl PublisherOptions {
-    /// The defaults: no credentials, 256 messages in flight, 5 s ack timeout, 4 attempts.
+    /// The defaults: no credentials, 256 messages in flight, 5 s ack timeout, retries for up
+    /// to 30 s.
     ///
     /// # Examples
     ///
@@ -278,9 +326,11 @@ impl PublisherOptions {
         self
     }
 
-    /// How many messages may wait for their ack at once (default 256, at least 1). A publish
-    /// beyond it waits for a slot, which is what paces a high-rate publisher to what the
-    /// stream absorbs.
+    /// How many messages may wait for their ack (or their next retry) at once (default 256, at
+    /// least 1): the publisher's whole buffer, so its memory is bounded by this many messages.
+    /// A publish beyond it waits for a slot, which is what paces a high-rate publisher to what
+    /// the stream absorbs; if no slot frees within the retry budget (the stream stays
+    /// unavailable), the publish fails with [`Error::Backpressure`] and was not sent.
     ///
     /// # Examples
     ///
@@ -376,6 +426,26 @@ mod tests {
             let wait = policy.backoff(retry);
             assert!(wait >= full / 2 && wait <= full, "{retry}: {wait:?}");
         }
+    }
+
+    #[test]
+    fn the_default_budget_outlasts_an_election_and_fits_the_default_window() {
+        let policy = RetryPolicy::default();
+        assert_eq!(policy.max_elapsed, DEFAULT_RETRY_BUDGET);
+        assert!(policy.attempts > 1_000, "bounded by time, not by count");
+        assert!(policy
+            .check_duplicate_window(Duration::from_secs(120))
+            .is_ok());
+        let err = policy
+            .check_duplicate_window(Duration::from_secs(5))
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::DuplicateWindowTooShort { .. }),
+            "{err}"
+        );
+        assert!(RetryPolicy::none()
+            .check_duplicate_window(Duration::from_secs(1))
+            .is_ok());
     }
 
     #[test]

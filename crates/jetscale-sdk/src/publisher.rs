@@ -1,7 +1,7 @@
 //! The publisher: every message through JetStream, acknowledged, retried with the same
 //! `Nats-Msg-Id`, with a bounded number of acks in flight.
 
-use crate::error::is_transient;
+use crate::error::{attempt_may_be_stored, is_transient, Stored};
 use crate::options::{PublisherOptions, RetryPolicy};
 use crate::otlp::DeviceReading;
 use crate::{Error, IntoMessage, Message, PublishAck};
@@ -13,7 +13,9 @@ use opentelemetry_proto::tonic::collector::{
 };
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
@@ -21,9 +23,15 @@ use tokio::task::JoinSet;
 /// and the in-flight limit.
 ///
 /// Every publish goes through JetStream and returns once the stream acknowledged the message
-/// (or reported it a duplicate). A message that gets no ack in time, or finds no stream, is
-/// sent again with the same `Nats-Msg-Id` per the [`RetryPolicy`], so retries never store a
-/// second copy within the stream's duplicate window.
+/// (or reported it a duplicate). A message that gets no ack in time, or finds no stream (a
+/// leader election), is sent again with the same `Nats-Msg-Id` per the [`RetryPolicy`] for up
+/// to its time budget (30 s by default), so retries ride through a node's crash or a short
+/// loss of the connection and never store a second copy within the stream's duplicate window.
+///
+/// Memory is bounded: at most [`PublisherOptions::max_in_flight`] messages are held (waiting
+/// for an ack or a retry); a publish beyond it waits for a slot, and fails with
+/// [`Error::Backpressure`] if none frees within the budget. A publish that fails says whether
+/// the stream may hold the message ([`Error::may_be_stored`]).
 ///
 /// # Examples
 ///
@@ -53,6 +61,8 @@ struct Inner {
     client: async_nats::Client,
     js: Context,
     in_flight: Arc<Semaphore>,
+    /// Set once the first ack started the check of that stream's duplicate window.
+    window_checked: AtomicBool,
     max_in_flight: usize,
     retry: RetryPolicy,
 }
@@ -111,6 +121,7 @@ impl Publisher {
                 in_flight: Arc::new(Semaphore::new(options.max_in_flight)),
                 max_in_flight: options.max_in_flight,
                 retry: options.retry,
+                window_checked: AtomicBool::new(false),
             }),
         }
     }
@@ -162,7 +173,7 @@ impl Publisher {
     /// ```
     pub async fn publish(&self, message: impl IntoMessage) -> Result<PublishAck, Error> {
         let message = message.into_message()?;
-        self.start(message).await.await
+        self.start(message).await?.await
     }
 
     /// Publishes a span record on `telemetry.spans.{service}.{run_id}` with `Nats-Msg-Id`
@@ -366,10 +377,12 @@ impl Publisher {
         for (index, record) in records.into_iter().enumerate() {
             results.push(None);
             match record.into_message() {
-                Ok(message) => {
-                    let confirm = self.start(message).await;
-                    tasks.spawn(async move { (index, confirm.await) });
-                }
+                Ok(message) => match self.start(message).await {
+                    Ok(confirm) => {
+                        tasks.spawn(async move { (index, confirm.await) });
+                    }
+                    Err(err) => results[index] = Some(Err(err)),
+                },
                 Err(err) => results[index] = Some(Err(err)),
             }
             while let Some(joined) = tasks.try_join_next() {
@@ -392,23 +405,92 @@ impl Publisher {
         }
     }
 
+    /// Checks that the duplicate window of `stream` is at least this publisher's retry budget
+    /// (see [`RetryPolicy::check_duplicate_window`]); the publisher also does so by itself
+    /// after its first ack, and logs a warning when it is not.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn run(publisher: jetscale_sdk::Publisher) -> Result<(), jetscale_sdk::Error> {
+    /// publisher.check_duplicate_window("TELEMETRY").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn check_duplicate_window(&self, stream: &str) -> Result<(), Error> {
+        let info_error = |detail: String| Error::StreamInfo {
+            stream: stream.to_owned(),
+            detail,
+        };
+        let mut handle = self
+            .inner
+            .js
+            .get_stream(stream)
+            .await
+            .map_err(|e| info_error(e.to_string()))?;
+        let window = handle
+            .info()
+            .await
+            .map_err(|e| info_error(e.to_string()))?
+            .config
+            .duplicate_window;
+        self.inner.retry.check_duplicate_window(window)
+    }
+
+    /// After the first ack: warns, once, when the stream's duplicate window is shorter than
+    /// the retry budget. A warning, not a refusal: the message was stored, and a user without
+    /// permission to read stream info must still be able to publish.
+    fn check_window_once(&self, stream: &str) {
+        if self.inner.window_checked.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let publisher = self.clone();
+        let stream = stream.to_owned();
+        tokio::spawn(async move {
+            match publisher.check_duplicate_window(&stream).await {
+                Ok(()) => {}
+                Err(err @ Error::DuplicateWindowTooShort { .. }) => {
+                    tracing::warn!(target: "jetscale_sdk", stream, "{err}");
+                }
+                Err(err) => {
+                    tracing::debug!(target: "jetscale_sdk", error = %err, "duplicate window not checked");
+                }
+            }
+        });
+    }
+
     /// Takes an in-flight slot and sends the message; the returned future waits for the ack,
     /// retrying per the policy, and frees the slot when done. Spawnable: it owns what it uses.
+    /// Waiting for a slot is bounded by the retry budget: a stream that acknowledges nothing
+    /// for that long gets [`Error::Backpressure`] rather than an ever longer queue of callers.
     pub(crate) async fn start(
         &self,
         message: Message,
-    ) -> impl Future<Output = Result<PublishAck, Error>> + Send + 'static {
-        let permit = self
-            .inner
-            .in_flight
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the in-flight semaphore is never closed");
-        let first = send(&self.inner.js, &message).await;
-        let js = self.inner.js.clone();
+    ) -> Result<impl Future<Output = Result<PublishAck, Error>> + Send + 'static, Error> {
         let retry = self.inner.retry.clone();
-        confirm(js, retry, message, first, permit)
+        let waiting = Instant::now();
+        let slot = self.inner.in_flight.clone().acquire_owned();
+        let permit = match tokio::time::timeout(retry.max_elapsed, slot).await {
+            Ok(permit) => permit.expect("the in-flight semaphore is never closed"),
+            Err(_) => {
+                return Err(Error::Backpressure {
+                    subject: message.subject().to_owned(),
+                    max_in_flight: self.inner.max_in_flight,
+                    waited: waiting.elapsed(),
+                })
+            }
+        };
+        let started = Instant::now();
+        let first = send(&self.inner.js, &message).await;
+        let publisher = self.clone();
+        Ok(async move {
+            let outcome =
+                confirm(&publisher.inner.js, retry, message, started, first, permit).await;
+            if let Ok(ack) = &outcome {
+                publisher.check_window_once(&ack.stream);
+            }
+            outcome
+        })
     }
 }
 
@@ -421,43 +503,59 @@ async fn send(js: &Context, message: &Message) -> Result<PublishAckFuture, Publi
     .await
 }
 
+/// Awaits the ack of a message sent at `started`, sending it again (same `Nats-Msg-Id`) after
+/// each transient failure until the policy's time budget or attempt count runs out.
 async fn confirm(
-    js: Context,
+    js: &Context,
     retry: RetryPolicy,
     message: Message,
+    started: Instant,
     first: Result<PublishAckFuture, PublishError>,
     permit: OwnedSemaphorePermit,
 ) -> Result<PublishAck, Error> {
     let mut attempt = 1;
+    let mut stored = Stored::No;
     let mut pending = first;
     let outcome = loop {
         let result = match pending {
             Ok(ack) => ack.await,
             Err(err) => Err(err),
         };
-        match result {
+        let err = match result {
             Ok(ack) => break Ok(ack),
-            Err(err) if is_transient(err.kind()) && attempt < retry.attempts.max(1) => {
-                tracing::debug!(
-                    target: "jetscale_sdk",
-                    subject = message.subject(),
-                    msg_id = message.msg_id(),
-                    attempt,
-                    error = %err,
-                    "publish not acknowledged; sending again with the same Nats-Msg-Id"
-                );
-                tokio::time::sleep(retry.backoff(attempt)).await;
-                attempt += 1;
-                pending = send(&js, &message).await;
-            }
-            Err(err) => {
-                break Err(Error::Publish {
-                    subject: message.subject().to_owned(),
-                    attempts: attempt,
-                    source: err,
-                })
-            }
+            Err(err) => err,
+        };
+        if attempt_may_be_stored(err.kind()) {
+            stored = Stored::Maybe;
         }
+        let elapsed = started.elapsed();
+        if !is_transient(err.kind())
+            || attempt >= retry.attempts.max(1)
+            || elapsed >= retry.max_elapsed
+        {
+            break Err(Error::Publish {
+                subject: message.subject().to_owned(),
+                msg_id: message.msg_id().to_owned(),
+                attempts: attempt,
+                elapsed,
+                stored,
+                source: err,
+            });
+        }
+        tracing::debug!(
+            target: "jetscale_sdk",
+            subject = message.subject(),
+            msg_id = message.msg_id(),
+            attempt,
+            error = %err,
+            "publish not acknowledged; sending again with the same Nats-Msg-Id"
+        );
+        // The last retry starts at the budget's end at the latest, so it stays inside a
+        // duplicate window at least as long as the budget.
+        let wait = retry.backoff(attempt).min(retry.max_elapsed - elapsed);
+        tokio::time::sleep(wait).await;
+        attempt += 1;
+        pending = send(js, &message).await;
     };
     drop(permit);
     outcome

@@ -385,12 +385,7 @@ async fn publish_many_pipelines_in_order_and_reports_each_failure() {
 #[tokio::test]
 async fn publishing_retries_until_the_stream_exists() {
     let server = NatsServer::start();
-    let log = FlatLog {
-        level: "info".into(),
-        message: "started".into(),
-        service: "engine".into(),
-        ..Default::default()
-    };
+    let log = started_log();
 
     // No stream and no retries: the error says so, and that it is worth retrying.
     let once = PublisherOptions::new()
@@ -401,6 +396,7 @@ async fn publishing_retries_until_the_stream_exists() {
     let err = once.publish_log(&log).await.unwrap_err();
     assert!(matches!(err, Error::Publish { attempts: 1, .. }), "{err}");
     assert!(err.is_retriable());
+    assert!(!err.may_be_stored(), "no responders: nothing stored");
 
     // With retries, a stream created a moment later gets the message.
     let patient = PublisherOptions::new()
@@ -408,6 +404,7 @@ async fn publishing_retries_until_the_stream_exists() {
             attempts: 20,
             initial_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_millis(200),
+            ..RetryPolicy::default()
         })
         .connect(&server.url())
         .await
@@ -579,4 +576,122 @@ async fn the_example_service_publishes_its_spans_logs_and_metrics() {
             "{expected} in {subjects:?}"
         );
     }
+}
+
+#[tokio::test]
+async fn retries_are_bounded_by_time_not_by_count() {
+    let server = NatsServer::start();
+    let log = started_log();
+    // No stream ever: "no responders" comes back at once, so a count of attempts would be
+    // spent in a few hundred milliseconds; the budget keeps the message for 1.5 s.
+    let publisher = PublisherOptions::new()
+        .retry(RetryPolicy {
+            max_elapsed: Duration::from_millis(1500),
+            ..RetryPolicy::default()
+        })
+        .connect(&server.url())
+        .await
+        .unwrap();
+    let err = publisher.publish_log(&log).await.unwrap_err();
+    match &err {
+        Error::Publish {
+            attempts, elapsed, ..
+        } => {
+            assert!(*attempts > 4, "{err}");
+            assert!(*elapsed >= Duration::from_millis(1500), "{err}");
+        }
+        other => panic!("{other}"),
+    }
+    assert!(!err.may_be_stored(), "{err}");
+    assert!(err.to_string().contains("did not store it"), "{err}");
+}
+
+#[tokio::test]
+async fn an_unanswered_publish_may_be_stored_and_a_full_buffer_pushes_back() {
+    let server = NatsServer::start();
+    // A plain subscriber on the subject takes the publish and never answers: to the publisher
+    // it is a server that got the message and whose ack was lost.
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let _silent = client
+        .subscribe("telemetry.logs.engine.info")
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let publisher = PublisherOptions::new()
+        .max_in_flight(1)
+        .ack_timeout(Duration::from_millis(1500))
+        .retry(RetryPolicy {
+            max_elapsed: Duration::from_millis(300),
+            ..RetryPolicy::default()
+        })
+        .connect(&server.url())
+        .await
+        .unwrap();
+    let log = started_log();
+    let first = {
+        let publisher = publisher.clone();
+        let log = log.clone();
+        tokio::spawn(async move { publisher.publish_log(&log).await })
+    };
+    while publisher.in_flight() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The one slot stays taken for longer than the budget: the second message is refused,
+    // not queued, and was never sent.
+    let err = publisher.publish_log(&log).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Backpressure {
+                max_in_flight: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(!err.may_be_stored());
+    let err = first.await.unwrap().unwrap_err();
+    assert!(matches!(err, Error::Publish { .. }), "{err}");
+    assert!(
+        err.may_be_stored(),
+        "an ack timeout may hide a stored message: {err}"
+    );
+    assert!(err.to_string().contains("same Nats-Msg-Id"), "{err}");
+}
+
+/// An info log of the engine service.
+fn started_log() -> FlatLog {
+    FlatLog {
+        level: "info".into(),
+        message: "started".into(),
+        service: "engine".into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_duplicate_window_shorter_than_the_budget_is_reported() {
+    let server = NatsServer::start();
+    let publisher = Publisher::connect(&server.url()).await.unwrap();
+    create_stream(publisher.client()).await; // the service design's 5 s window
+    let err = publisher
+        .check_duplicate_window("TELEMETRY")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::DuplicateWindowTooShort { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("duplicate_window"), "{err}");
+    let within = PublisherOptions::new()
+        .retry(RetryPolicy {
+            max_elapsed: Duration::from_secs(5),
+            ..RetryPolicy::default()
+        })
+        .connect(&server.url())
+        .await
+        .unwrap();
+    within.check_duplicate_window("TELEMETRY").await.unwrap();
+    let err = within.check_duplicate_window("NOPE").await.unwrap_err();
+    assert!(matches!(err, Error::StreamInfo { .. }), "{err}");
 }

@@ -7,6 +7,7 @@ mod support;
 mod backends;
 mod cumulative_acks;
 mod dead_letter_subject;
+mod failover;
 mod faults;
 mod layout;
 mod pipeline;

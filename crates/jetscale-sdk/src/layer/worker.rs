@@ -30,9 +30,12 @@ pub(super) async fn run(
         match message {
             // Waits for an in-flight slot, so a slow stream slows this task, fills the
             // channel, and the layer drops instead of the service waiting.
-            Ok(message) => {
-                pending.spawn(publisher.start(message).await);
-            }
+            Ok(message) => match publisher.start(message).await {
+                Ok(confirm) => {
+                    pending.spawn(confirm);
+                }
+                Err(err) => account(&counters, Ok(Err(err))),
+            },
             Err(err) => account(&counters, Ok(Err(err))),
         }
         while let Some(joined) = pending.try_join_next() {

@@ -30,6 +30,11 @@ pub struct Args {
     /// confirmed).
     #[arg(long, default_value_t = 4096)]
     pub max_in_flight: usize,
+    /// How long a message is retried (same Nats-Msg-Id) before it counts as an error: covers
+    /// a stream leader election or a short loss of the connection. Must not exceed the
+    /// stream's duplicate window (checked before the run).
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub retry_budget: Duration,
     /// Load runs: publish most messages as plain NATS messages (no ack, no Nats-Msg-Id), each
     /// group of up to 1,000 confirmed by one acknowledged JetStream publish. Never duplicates;
     /// a message lost with the connection counts as an error.
@@ -50,6 +55,7 @@ impl Args {
             rate: self.rate,
             overheat_share: self.overheat_share,
             max_in_flight: self.max_in_flight,
+            retry_budget: self.retry_budget,
             seed: self.seed,
             fire_and_forget: self.fire_and_forget,
             ..SimulateOptions::default()

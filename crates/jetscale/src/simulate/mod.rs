@@ -41,8 +41,6 @@ pub use options::SimulateOptions;
 use runner::Runner;
 use schedule::{Pacer, Schedule};
 
-/// Attempts per message (first publish included) before it counts as an error.
-const MAX_ATTEMPTS: u32 = 4;
 /// Fire-and-forget runs: at most this many plain publishes between two confirming ones.
 pub const CONFIRM_EVERY: u64 = 1000;
 /// How often `progress` is called.
@@ -129,11 +127,28 @@ pub enum SimulateError {
         #[source]
         source: PublishError,
     },
+    /// The retry budget is longer than the stream's duplicate window: a late retry of a
+    /// message already stored would store it twice. Refused rather than warned about, since
+    /// a device must keep each reading once.
+    #[error(
+        "the retry budget ({budget:?}) is longer than the duplicate window of stream {stream} \
+         ({window:?}): a retry after the window would store a reading twice; raise \
+         duplicate_window to at least {budget:?} and run `jetscale setup`, or pass a shorter \
+         --retry-budget"
+    )]
+    DuplicateWindow {
+        /// The stream the subject belongs to.
+        stream: String,
+        /// Its duplicate window.
+        window: Duration,
+        /// The run's retry budget.
+        budget: Duration,
+    },
     /// Nothing was acknowledged and messages keep failing: the server, the stream or the
     /// user's permissions are wrong, so continuing would only count errors.
     #[error(
-        "nothing was acknowledged and {failed} messages failed after {MAX_ATTEMPTS} attempts \
-         each (last one to {subject}): check that nats-server runs with JetStream enabled, that \
+        "nothing was acknowledged and {failed} messages failed, each retried for the whole \
+         retry budget (last one to {subject}): check that nats-server runs with JetStream enabled, that \
          a stream covers the subject (`jetscale setup`) and that this user may publish to it"
     )]
     Publish {
@@ -158,6 +173,7 @@ pub async fn run(
     mut progress: impl FnMut(&Progress),
 ) -> Result<Report, SimulateError> {
     opts.validate()?;
+    check_duplicate_window(&js, opts).await?;
     let start = Instant::now();
     let mut runner = Runner::new(opts, start);
     if opts.fire_and_forget {
@@ -260,6 +276,38 @@ pub async fn run(
         elapsed: now - start,
         points: runner.acked * 3,
         sent: runner.sent,
+    })
+}
+
+/// Refuses a retry budget longer than the duplicate window of the stream the fleet publishes
+/// to. A stream that cannot be looked up (none yet, no permission to read its info) is left
+/// to the first publish, which says what is wrong.
+async fn check_duplicate_window(
+    js: &async_nats::jetstream::Context,
+    opts: &SimulateOptions,
+) -> Result<(), SimulateError> {
+    let subject = format!("{}.{}000001", opts.subject_prefix, opts.device_prefix);
+    let stream = match js.stream_by_subject(subject).await {
+        Ok(name) => name,
+        Err(err) => {
+            tracing::debug!(error = %err, "no stream found before the run; not checking its duplicate window");
+            return Ok(());
+        }
+    };
+    let window = match js.get_stream(&stream).await {
+        Ok(mut s) => match s.info().await {
+            Ok(info) => info.config.duplicate_window,
+            Err(_) => return Ok(()),
+        },
+        Err(_) => return Ok(()),
+    };
+    if window >= opts.retry_budget {
+        return Ok(());
+    }
+    Err(SimulateError::DuplicateWindow {
+        stream,
+        window,
+        budget: opts.retry_budget,
     })
 }
 
@@ -554,6 +602,39 @@ mod tests {
             stream.info().await.expect("info").state.messages,
             500 + report.acked
         );
+    }
+
+    #[tokio::test]
+    async fn a_retry_budget_longer_than_the_duplicate_window_is_refused() {
+        let (_server, js) = start_server().await;
+        // The NATS-native service design's 5 s window.
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: "TELEMETRY".into(),
+            subjects: vec!["telemetry.>".into()],
+            duplicate_window: Duration::from_secs(5),
+            ..Default::default()
+        })
+        .await
+        .expect("create stream");
+        let opts = SimulateOptions {
+            devices: 3,
+            count: Some(1),
+            interval: Duration::ZERO,
+            ..SimulateOptions::default()
+        };
+        let err = run(js.clone(), &opts, |_| {}).await.expect_err("refused");
+        assert!(
+            matches!(err, SimulateError::DuplicateWindow { ref stream, .. } if stream == "TELEMETRY"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("--retry-budget"), "{err}");
+        // A budget within the window runs.
+        let opts = SimulateOptions {
+            retry_budget: Duration::from_secs(5),
+            ..opts
+        };
+        let report = run(js, &opts, |_| {}).await.expect("run");
+        assert_eq!((report.acked, report.errors), (3, 0));
     }
 
     #[tokio::test]

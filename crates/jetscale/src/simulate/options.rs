@@ -27,8 +27,14 @@ pub struct SimulateOptions {
     pub subject_prefix: String,
     /// Device ids are `{device_prefix}{n:06}`.
     pub device_prefix: String,
-    /// Publish acks awaited concurrently; bounds memory and the server's backlog of replies.
+    /// Messages held at once, awaiting their ack or their next retry; bounds memory and the
+    /// server's backlog of replies. When it is full (the stream stays unavailable), devices
+    /// wait instead of the heap growing.
     pub max_in_flight: usize,
+    /// How long a message is retried (same `Nats-Msg-Id`) before it counts as an error: long
+    /// enough for a stream leader election or a short loss of the connection. Must fit the
+    /// stream's duplicate window, which the run checks before it starts.
+    pub retry_budget: Duration,
     /// Seed of every device's values: equal seeds give equal value sequences.
     pub seed: u64,
     /// Keep every acknowledged point in [`Report::sent`], so tests can check that each value
@@ -52,6 +58,7 @@ impl Default for SimulateOptions {
             subject_prefix: "telemetry.metrics".to_owned(),
             device_prefix: "sensor-".to_owned(),
             max_in_flight: 4096,
+            retry_budget: jetscale_sdk::DEFAULT_RETRY_BUDGET,
             seed: 0,
             record_sent: false,
             fire_and_forget: false,
@@ -69,6 +76,9 @@ impl SimulateOptions {
         }
         if self.locations == 0 {
             return bad("locations must be at least 1".into());
+        }
+        if self.retry_budget.is_zero() {
+            return bad("the retry budget must be longer than zero (default 30s)".into());
         }
         if self.max_in_flight == 0 {
             return bad("max_in_flight must be at least 1".into());
@@ -136,6 +146,10 @@ mod tests {
         for bad in [
             SimulateOptions {
                 devices: 0,
+                ..ok.clone()
+            },
+            SimulateOptions {
+                retry_budget: Duration::ZERO,
                 ..ok.clone()
             },
             SimulateOptions {

@@ -3,7 +3,7 @@
 //! counts and points the report is made of.
 
 use super::fleet::{self, Fleet, Message};
-use super::{Progress, SentPoint, SimulateError, SimulateOptions, MAX_ATTEMPTS};
+use super::{Progress, SentPoint, SimulateError, SimulateOptions};
 use async_nats::jetstream::context::{PublishAckFuture, PublishError, PublishErrorKind};
 use async_nats::jetstream::publish::PublishAck;
 use async_nats::{HeaderMap, Subject};
@@ -40,6 +40,8 @@ pub(super) struct Pending {
     values: [f64; 3],
     payload: Bytes,
     attempts: u32,
+    /// When the first attempt was sent: retries stop `retry_budget` after it.
+    first_sent: Instant,
     /// Fire-and-forget runs: plain messages published since the previous confirming one,
     /// which this message's ack confirms (and its failure loses).
     covers: u64,
@@ -96,6 +98,7 @@ pub(super) struct Runner {
     pub(super) in_flight: FuturesUnordered<AckWait>,
     pub(super) retries: VecDeque<Retry>,
     pub(super) record_sent: bool,
+    pub(super) retry_budget: Duration,
     /// Fire-and-forget runs: the connection plain messages are published on.
     pub(super) plain: Option<async_nats::Client>,
     /// Plain messages not yet handed to a confirming message.
@@ -128,6 +131,7 @@ impl Runner {
             in_flight: FuturesUnordered::new(),
             retries: VecDeque::new(),
             record_sent: opts.record_sent,
+            retry_budget: opts.retry_budget,
             plain: None,
             unconfirmed: Vec::new(),
             unconfirmed_count: 0,
@@ -169,6 +173,7 @@ impl Runner {
             values: msg.values,
             payload: self.carve_payload(),
             attempts: 0,
+            first_sent: Instant::now(),
             covers: 0,
             covered: Vec::new(),
         }
@@ -194,6 +199,9 @@ impl Runner {
         confirm: bool,
     ) -> Result<(), SimulateError> {
         pending.attempts += 1;
+        if pending.attempts == 1 {
+            pending.first_sent = Instant::now();
+        }
         let Some(subject) = self.subjects.get(pending.device as usize).cloned() else {
             return Ok(());
         };
@@ -293,7 +301,10 @@ impl Runner {
             }
             _ => {}
         }
-        if pending.attempts < MAX_ATTEMPTS {
+        // Bounded by time, not by count: "no responders" during a leader election comes back
+        // at once, and a count would be spent long before the election is over. The last retry
+        // starts within the budget, so inside a duplicate window at least as long.
+        if now.saturating_duration_since(pending.first_sent) < self.retry_budget {
             tracing::debug!(subject = self.subject(pending.device), attempt = pending.attempts, error = %err, "publish failed, will retry");
             self.retries.push_back(Retry {
                 due: now + RETRY_BACKOFF,
@@ -306,6 +317,7 @@ impl Runner {
         tracing::warn!(
             subject = self.subject(pending.device),
             attempts = pending.attempts,
+            retried_for = ?now.saturating_duration_since(pending.first_sent),
             unconfirmed_before_it = pending.covers,
             error = %err,
             "giving up on a message"

@@ -38,6 +38,30 @@ pub enum Provisioned {
     Drifted(Vec<Drift>),
 }
 
+/// A warning when the stream's duplicate window is shorter than the publishers' default retry
+/// budget ([`jetscale_sdk::DEFAULT_RETRY_BUDGET`]): a device retrying through a leader election
+/// could then store a reading twice. Warned about, not refused: the NATS-native service
+/// design's 5 s window is a documented choice that must keep working, and only the publishers
+/// know their budget (`jetscale simulate` refuses to run with a budget longer than the window
+/// it finds; SDK users check theirs with [`jetscale_sdk::RetryPolicy::check_duplicate_window`]).
+pub fn duplicate_window_advice(s: &StreamSettings) -> Option<String> {
+    let budget = jetscale_sdk::DEFAULT_RETRY_BUDGET;
+    (s.duplicate_window < budget).then(|| {
+        format!(
+            "stream {}: duplicate_window {} is shorter than the publishers' default retry budget \
+             ({}): a device retrying through a leader election or a lost connection could store \
+             a reading twice, and `jetscale simulate` refuses to run on it; raise \
+             duplicate_window to at least {} (the default is 2m), or give every publisher a \
+             retry budget within {}",
+            s.name,
+            format_duration(s.duplicate_window),
+            format_duration(budget),
+            format_duration(budget),
+            format_duration(s.duplicate_window),
+        )
+    })
+}
+
 fn stream_config(s: &StreamSettings) -> stream::Config {
     stream::Config {
         name: s.name.clone(),
@@ -133,6 +157,9 @@ pub async fn ensure_stream(
     js: &jetstream::Context,
     settings: &StreamSettings,
 ) -> Result<(Provisioned, stream::Stream), StreamError> {
+    if let Some(advice) = duplicate_window_advice(settings) {
+        tracing::warn!("{advice}");
+    }
     let wanted = stream_config(settings);
     let err = |step: &'static str| move |e: String| StreamError::JetStream { step, detail: e };
     match js.get_stream(&settings.name).await {
@@ -432,5 +459,15 @@ mod tests {
         assert_eq!(names, vec!["max_age", "max_bytes", "duplicate_window"]);
         assert!(d.iter().all(|d| d.updatable));
         assert_eq!(d[0].to_string(), "max_age: 2d -> 7d");
+
+        // The IoT design's 2-minute window covers the publishers' retry budget; the service
+        // design's 5 s does not, and setup says so.
+        assert_eq!(duplicate_window_advice(&iot_pipeline), None);
+        let advice = duplicate_window_advice(&service_design).expect("a warning");
+        assert!(
+            advice.contains("duplicate_window 5s is shorter"),
+            "{advice}"
+        );
+        assert!(advice.contains("at least 30s"), "{advice}");
     }
 }
