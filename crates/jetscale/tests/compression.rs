@@ -6,7 +6,7 @@
 
 use crate::backends::preloaded_database;
 use crate::support::{self, count, publish, query, reading};
-use jetscale::config::{BackendChoice, Settings};
+use jetscale::config::{BackendChoice, MetricsLayout, Settings};
 use jetscale::exporters::postgres::query::ANOMALY_SQL;
 use jetscale::exporters::postgres::schema;
 use std::time::Duration;
@@ -102,6 +102,27 @@ async fn setup_adds_a_columnstore_policy_for_points_spans_and_logs() {
             .any(|n| n.contains("compression is off")),
         "{:?}",
         report.notes
+    );
+}
+
+/// The wide layout (the IoT design's table as written) has no series id: its batches are
+/// segmented by device and metric.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wide_table_is_segmented_by_device_and_metric() {
+    let Some(db_url) = preloaded_database("compress_wide").await else {
+        return;
+    };
+    let nats = support::nats().await;
+    let mut s = compressing(&nats.server.url(), &db_url);
+    s.store.layout = MetricsLayout::Wide;
+    let mut db = support::db(&db_url).await;
+    schema::migrate(&mut db, &s.store).await.expect("setup");
+    let wide = policies(&db).await;
+    assert_eq!(
+        wide.first()
+            .map(|p| (p.0.as_str(), p.1.as_str(), p.2.as_str())),
+        Some(("iot_metrics", "device_id, metric_name", "time DESC")),
+        "{wide:?}"
     );
 }
 

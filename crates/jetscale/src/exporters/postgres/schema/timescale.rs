@@ -308,3 +308,78 @@ WITH NO DATA;
 fn literal(relation: &str) -> String {
     relation.replace('\'', "''")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{self, Overrides};
+
+    fn store(compress_after: Option<Duration>) -> StoreSettings {
+        let mut s = config::defaults(&Overrides::default())
+            .expect("defaults")
+            .store;
+        s.compress_after = compress_after;
+        s
+    }
+
+    fn timescale(minor: u32, apache_only: bool) -> Backend {
+        Backend::Timescale {
+            major: 2,
+            minor,
+            apache_only,
+            direct_compress: false,
+        }
+    }
+
+    /// The columnstore names from 2.18, the `compress` ones before, nothing on the Apache
+    /// build; a policy only when compression is on.
+    #[test]
+    fn compression_calls_follow_the_version_and_license() {
+        let s = store(Some(Duration::from_secs(2 * 86_400)));
+        let n = RelationNames::new(&s);
+        let new = columnstore_sql(&n, Table::Spans, &s, &timescale(28, false), false);
+        assert!(
+            new.contains("timescaledb.enable_columnstore = true"),
+            "{new}"
+        );
+        assert!(new.contains("timescaledb.segmentby = 'service'"), "{new}");
+        assert!(
+            new.contains("add_columnstore_policy('\"public\".\"telemetry_spans\"', after => INTERVAL '172800 seconds')"),
+            "{new}"
+        );
+        let old = columnstore_sql(&n, Table::Metrics, &s, &timescale(17, false), false);
+        assert!(
+            old.contains("timescaledb.compress_segmentby = 'series_id'"),
+            "{old}"
+        );
+        assert!(old.contains("add_compression_policy("), "{old}");
+        assert!(!old.contains("columnstore"), "{old}");
+        assert_eq!(
+            columnstore_sql(&n, Table::Logs, &s, &timescale(28, true), false),
+            ""
+        );
+        let note = compression_note(&n, &s, &timescale(28, true));
+        assert!(note.contains("Apache"), "{note}");
+
+        // Off: the policy is removed and none added.
+        let off = store(None);
+        let sql = columnstore_sql(&n, Table::Logs, &off, &timescale(28, false), false);
+        assert!(sql.contains("remove_columnstore_policy"), "{sql}");
+        assert!(!sql.contains("add_columnstore_policy"), "{sql}");
+        assert!(!sql.contains("ALTER TABLE"), "{sql}");
+    }
+
+    /// The default (`max_past` = retention, plus a chunk) reaches past the retention: no
+    /// policy, and the note says what to change.
+    #[test]
+    fn the_default_age_past_the_retention_compresses_nothing() {
+        let s = config::defaults(&Overrides::default())
+            .expect("defaults")
+            .store;
+        let backend = timescale(28, false);
+        assert!(s.compress_after.is_some_and(|a| a >= s.retention));
+        assert_eq!(compression(&s, &backend), None);
+        let note = compression_note(&RelationNames::new(&s), &s, &backend);
+        assert!(note.contains("limits.max_past"), "{note}");
+    }
+}
