@@ -30,12 +30,25 @@ async fn index_defs(db: &tokio_postgres::Client, table: &str) -> Vec<String> {
     .await
 }
 
-/// The points table's partitions that hold rows, oldest first, each with its index
-/// definitions.
+/// The relkind of the points and wide tables: a TimescaleDB hypertable is a plain table
+/// (`r`) whose chunks inherit from it, a natively partitioned one is `p`.
+fn partitioned_kind() -> Option<&'static str> {
+    Some(if support::timescaledb() { "r" } else { "p" })
+}
+
+/// Whether `defs` hold the points' `(series_id, time DESC)` index.
+fn has_series_time(defs: &[String]) -> bool {
+    defs.iter()
+        .any(|d| d.contains("(series_id, \"time\" DESC)"))
+}
+
+/// The points table's partitions (TimescaleDB: chunks) that hold rows, oldest first, each
+/// with its index definitions.
 async fn partitions_with_rows(db: &tokio_postgres::Client) -> Vec<(String, Vec<String>)> {
     let names = texts(
         db,
-        "SELECT DISTINCT tableoid::regclass::text FROM iot_metrics_points ORDER BY 1",
+        "SELECT c.relname::text FROM iot_metrics_points p JOIN pg_class c ON c.oid = p.tableoid
+         GROUP BY 1 ORDER BY min(p.time)",
         &[],
     )
     .await;
@@ -62,6 +75,9 @@ async fn points_partitions_are_indexed_once_they_have_closed() {
     assert_eq!(stack.collect().await.messages, 51);
 
     let db = stack.db().await;
+    if support::timescaledb() {
+        return hypertable_chunks_are_indexed_as_they_are_created(&stack, &db).await;
+    }
     assert!(
         index_defs(&db, "iot_metrics_points").await.is_empty(),
         "no index on the parent"
@@ -92,26 +108,7 @@ async fn points_partitions_are_indexed_once_they_have_closed() {
     // Built once: another round finds nothing to do.
     assert_eq!(index_closed(10).await.expect("index closed partitions"), 0);
 
-    // The closed hour answers through its index; a row arriving late still lands in it.
-    let ten_seconds_later = three_hours_ago + 10_000_000_000;
-    publish(&js, late, &[], reading("late-1", ten_seconds_later, 42.5)).await;
-    assert_eq!(stack.collect().await.messages, 1);
-    let device_sql = format!(
-        "SELECT count(*) FROM iot_metrics WHERE device_id = 'late-1' AND time <= to_timestamp({})",
-        (three_hours_ago + 60_000_000_000) / 1_000_000_000
-    );
-    assert_eq!(count(&db, &device_sql).await, 2);
-    db.batch_execute("SET enable_seqscan = off")
-        .await
-        .expect("no sequential scans");
-    let plan = texts(&db, &format!("EXPLAIN {device_sql}"), &[]).await;
-    assert!(
-        plan.iter().any(
-            |l| l.contains(old.rsplit('.').next().unwrap_or(old).trim_matches('"'))
-                && l.contains("Index")
-        ),
-        "{plan:#?}"
-    );
+    late_row_lands_in_the_indexed_old_partition(&stack, &db, three_hours_ago, old).await;
 
     // Turned on, the parent's index adopts the partitions' own instead of building twice;
     // turned off again, the parent's index is kept and setup says how to drop it.
@@ -136,6 +133,60 @@ async fn points_partitions_are_indexed_once_they_have_closed() {
     assert_eq!(index_defs(&db, "iot_metrics_points").await.len(), 1);
 }
 
+/// The closed hour answers through its index; a row arriving late still lands in it.
+async fn late_row_lands_in_the_indexed_old_partition(
+    stack: &support::Stack,
+    db: &tokio_postgres::Client,
+    three_hours_ago: i64,
+    old: &str,
+) {
+    let ten_seconds_later = three_hours_ago + 10_000_000_000;
+    let js = stack.js().await;
+    let late = "telemetry.metrics.late-1";
+    publish(&js, late, &[], reading("late-1", ten_seconds_later, 42.5)).await;
+    assert_eq!(stack.collect().await.messages, 1);
+    let device_sql = format!(
+        "SELECT count(*) FROM iot_metrics WHERE device_id = 'late-1' AND time <= to_timestamp({})",
+        (three_hours_ago + 60_000_000_000) / 1_000_000_000
+    );
+    assert_eq!(count(db, &device_sql).await, 2);
+    db.batch_execute("SET enable_seqscan = off")
+        .await
+        .expect("no sequential scans");
+    let plan = texts(db, &format!("EXPLAIN {device_sql}"), &[]).await;
+    assert!(
+        plan.iter().any(|l| l.contains(old) && l.contains("Index")),
+        "{plan:#?}"
+    );
+    db.batch_execute("RESET enable_seqscan")
+        .await
+        .expect("reset");
+}
+
+/// TimescaleDB builds a hypertable's indexes on each chunk as it creates it, so the open
+/// chunk and the closed one alike carry the `(series_id, time DESC)` index (there is no
+/// closing step, and `index_open_partitions` is a native-partitioning setting).
+async fn hypertable_chunks_are_indexed_as_they_are_created(
+    stack: &support::Stack,
+    db: &tokio_postgres::Client,
+) {
+    assert!(
+        has_series_time(&index_defs(db, "iot_metrics_points").await),
+        "the hypertable has the index"
+    );
+    let chunks = partitions_with_rows(db).await;
+    assert!(chunks.len() >= 2, "{chunks:?}");
+    for (chunk, defs) in &chunks {
+        assert!(has_series_time(defs), "{chunk} is indexed: {defs:?}");
+    }
+    let three_hours_ago = count(
+        db,
+        "SELECT (extract(epoch FROM time) * 1e9)::int8 FROM iot_metrics WHERE device_id = 'late-1'",
+    )
+    .await;
+    late_row_lands_in_the_indexed_old_partition(stack, db, three_hours_ago, &chunks[0].0).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn index_open_partitions_keeps_the_index_on_the_parent() {
     let stack = support::stack_with("index_on_insert", |s| {
@@ -147,13 +198,18 @@ async fn index_open_partitions_keeps_the_index_on_the_parent() {
 
     let db = stack.db().await;
     let parent = index_defs(&db, "iot_metrics_points").await;
-    assert_eq!(parent.len(), 1, "{parent:?}");
-    assert!(
-        parent[0].contains("(series_id, \"time\" DESC)"),
-        "{parent:?}"
-    );
+    assert!(has_series_time(&parent), "{parent:?}");
+    // A hypertable also keeps TimescaleDB's default `time DESC` index on the parent and
+    // every chunk.
+    let per_table = if support::timescaledb() { 2 } else { 1 };
+    assert_eq!(parent.len(), per_table, "{parent:?}");
     for (partition, defs) in partitions_with_rows(&db).await {
-        assert_eq!(defs.len(), 1, "{partition} is indexed on insert: {defs:?}");
+        assert_eq!(
+            defs.len(),
+            per_table,
+            "{partition} is indexed on insert: {defs:?}"
+        );
+        assert!(has_series_time(&defs), "{partition}: {defs:?}");
     }
 }
 
@@ -192,7 +248,7 @@ async fn series_are_stored_once_and_shared_by_collectors_with_small_caches() {
     assert_eq!(relkind(&db, "iot_metrics").await.as_deref(), Some("v"));
     assert_eq!(
         relkind(&db, "iot_metrics_points").await.as_deref(),
-        Some("p")
+        partitioned_kind()
     );
     assert_eq!(
         count_rows(&db, "iot_metrics_series").await,
@@ -220,7 +276,12 @@ async fn series_are_stored_once_and_shared_by_collectors_with_small_caches() {
         .await,
         0
     );
-    assert!(index_defs(&db, "iot_metrics_points").await.is_empty());
+    let parent = index_defs(&db, "iot_metrics_points").await;
+    if support::timescaledb() {
+        assert!(has_series_time(&parent), "{parent:?}");
+    } else {
+        assert!(parent.is_empty(), "{parent:?}");
+    }
 
     // The IoT pipeline design's anomaly query plans through the view and answers.
     let rows = query(&db, SEED_ANOMALY_SQL).await;
@@ -241,7 +302,10 @@ async fn the_wide_layout_is_the_seeds_table_value_for_value() {
     let report = stack.collect().await;
     assert_eq!(report.rows, 900);
     let db = stack.db().await;
-    assert_eq!(relkind(&db, "iot_metrics").await.as_deref(), Some("p"));
+    assert_eq!(
+        relkind(&db, "iot_metrics").await.as_deref(),
+        partitioned_kind()
+    );
     assert_eq!(relkind(&db, "iot_metrics_series").await, None);
     let mut indexes = texts(
         &db,
@@ -250,7 +314,12 @@ async fn the_wide_layout_is_the_seeds_table_value_for_value() {
     )
     .await;
     indexes.sort();
-    assert_eq!(indexes, ["idx_device_time", "idx_location_metric"]);
+    // create_hypertable adds its default `time DESC` index beside the IoT design's two.
+    let mut expected = vec!["idx_device_time", "idx_location_metric"];
+    if support::timescaledb() {
+        expected.push("iot_metrics_time_idx");
+    }
+    assert_eq!(indexes, expected);
 
     assert_stored_as_sent(&db, &[&sent]).await;
 

@@ -5,6 +5,7 @@
 mod support;
 
 mod backends;
+mod compression;
 mod cumulative_acks;
 mod dead_letter_subject;
 mod failover;

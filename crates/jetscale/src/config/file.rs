@@ -36,6 +36,35 @@ impl<'de> Deserialize<'de> for DurationValue {
     }
 }
 
+/// A duration that can also be switched off: `off` (or `0`) is `None`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurationOrOff(pub Option<Duration>);
+
+impl<'de> Deserialize<'de> for DurationOrOff {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Off(bool),
+            Word(String),
+            Value(DurationValue),
+        }
+        let raw = Raw::deserialize(d)?;
+        let duration = match raw {
+            Raw::Off(false) => return Ok(DurationOrOff(None)),
+            Raw::Off(true) => {
+                return Err(serde::de::Error::custom(
+                    "`true` is not a duration (write e.g. 8d, or off)",
+                ))
+            }
+            Raw::Word(word) if word.eq_ignore_ascii_case("off") => return Ok(DurationOrOff(None)),
+            Raw::Word(text) => units::parse_duration(&text).map_err(serde::de::Error::custom)?,
+            Raw::Value(DurationValue(d)) => d,
+        };
+        Ok(DurationOrOff((!duration.is_zero()).then_some(duration)))
+    }
+}
+
 /// A size written as `50GB`, `1GiB` or a number of bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BytesValue(pub i64);
@@ -242,6 +271,9 @@ pub struct PostgresExporter {
     pub series_cache: Option<usize>,
     /// jetscale: TimescaleDB 2.21+ only: COPY straight into compressed chunks.
     pub direct_compress: Option<bool>,
+    /// jetscale: TimescaleDB: compress (columnstore) points, spans and logs chunks older than
+    /// this; later than `limits.max_past`; `off` or `0` disables.
+    pub compress_after: Option<DurationOrOff>,
     /// jetscale: plain PostgreSQL, series layout: index the open (current) partition of the
     /// points table on every insert. Off by default: a partition is indexed once it closes.
     pub index_open_partitions: Option<bool>,

@@ -1,7 +1,7 @@
 //! Resolved settings: defaults applied, overrides on top, names validated. The rest of the
 //! code is handed these and never sees the YAML.
 
-use super::file::{ConfigFile, NatsReceiver};
+use super::file::{ConfigFile, DurationOrOff, NatsReceiver};
 use super::ConfigError;
 use std::time::Duration;
 
@@ -135,6 +135,11 @@ pub struct StoreSettings {
     pub series_cache: usize,
     /// TimescaleDB 2.21+: `timescaledb.enable_direct_compress_copy` on the writers' sessions.
     pub direct_compress: bool,
+    /// TimescaleDB: chunks of the points, spans and logs tables older than this are
+    /// compressed by a columnstore policy; `None` when switched off. Resolved after the
+    /// limits: by default one chunk interval past `limits.max_past`, so a chunk is compressed
+    /// only once no row the collector accepts can still fall into it.
+    pub compress_after: Option<Duration>,
     /// Plain PostgreSQL, series layout: keep the `(series_id, time)` index on the parent, so
     /// open partitions are indexed row by row. Off: each partition is indexed when it closes.
     pub index_open_partitions: bool,
@@ -479,6 +484,7 @@ pub fn resolve(file: &ConfigFile, overrides: &Overrides) -> Result<Settings, Con
             .unwrap_or(DEFAULT_SERIES_CACHE)
             .max(1024),
         direct_compress: pg.and_then(|p| p.direct_compress).unwrap_or(false),
+        compress_after: None,
         index_open_partitions: pg.and_then(|p| p.index_open_partitions).unwrap_or(false),
         backend: match pg.and_then(|p| p.backend.as_deref()) {
             Some(value) => BackendChoice::parse(value)?,
@@ -539,6 +545,9 @@ pub fn resolve(file: &ConfigFile, overrides: &Overrides) -> Result<Settings, Con
         max_future: l.max_future.map_or(d.max_future, |v| v.0),
         verify_device_subject: l.verify_device_subject.unwrap_or(d.verify_device_subject),
     };
+    let mut store = store;
+    store.compress_after =
+        resolve_compress_after(pg.and_then(|p| p.compress_after), limits.max_past, &store)?;
 
     if let Some(subject) = &nats.dead_letter_subject {
         check_dead_letter_subject(subject, &stream.subjects)?;
@@ -555,6 +564,49 @@ pub fn resolve(file: &ConfigFile, overrides: &Overrides) -> Result<Settings, Con
         limits,
         dead_letter_subject: nats.dead_letter_subject.clone(),
     })
+}
+
+/// `exporters.postgresql.compress_after`: off, or an age past the late-arrival window. A
+/// compressed chunk still takes late rows, but each one lands uncompressed beside the
+/// columnstore until the chunk is recompressed, so compressing inside the window would pay
+/// that on every late row.
+fn resolve_compress_after(
+    written: Option<DurationOrOff>,
+    max_past: Duration,
+    store: &StoreSettings,
+) -> Result<Option<Duration>, ConfigError> {
+    let Some(DurationOrOff(written)) = written else {
+        return Ok(Some(max_past + store.chunk_interval));
+    };
+    let Some(after) = written else {
+        return Ok(None);
+    };
+    if after <= max_past {
+        return Err(ConfigError::Resolve(format!(
+            "exporters.postgresql.compress_after ({}) must be later than limits.max_past ({}), the oldest a point the collector accepts may be: raise compress_after, lower limits.max_past, or write compress_after: off",
+            humantime_secs(after),
+            humantime_secs(max_past)
+        )));
+    }
+    if after >= store.retention {
+        return Err(ConfigError::Resolve(format!(
+            "exporters.postgresql.compress_after ({}) must be shorter than exporters.postgresql.retention ({}), or rows are dropped before they are compressed: lower compress_after (and limits.max_past), or write compress_after: off",
+            humantime_secs(after),
+            humantime_secs(store.retention)
+        )));
+    }
+    Ok(Some(after))
+}
+
+/// A whole number of seconds as the largest unit that divides it (`8d`, `90m`, `45s`).
+fn humantime_secs(d: Duration) -> String {
+    let secs = d.as_secs();
+    for (unit, size) in [("d", 86_400), ("h", 3600), ("m", 60)] {
+        if secs >= size && secs.is_multiple_of(size) {
+            return format!("{}{unit}", secs / size);
+        }
+    }
+    format!("{secs}s")
 }
 
 /// Checks `receivers.nats.dead_letter_subject`: a subject one can publish on (no wildcards)
@@ -894,5 +946,39 @@ mod tests {
             .to_string();
         assert!(err.contains("exporters.postgresql.backend"), "{err}");
         assert!(err.contains("`timescale`"), "{err}");
+    }
+
+    fn compress_after(yaml: &str) -> Result<Option<Duration>, String> {
+        let env = |_: &str| None;
+        let file = ConfigFile::parse(yaml, Path::new("c.yaml"), &env).map_err(|e| e.to_string())?;
+        resolve(&file, &Overrides::default())
+            .map(|s| s.store.compress_after)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Off, a duration past the late-arrival window and before the retention, or an error
+    /// naming both settings; by default one chunk interval past `max_past`.
+    #[test]
+    fn compress_after_is_past_the_late_window() {
+        let day = Duration::from_secs(86_400);
+        let base = "limits:\n  max_past: 1d\nexporters:\n  postgresql:\n";
+        assert_eq!(
+            compress_after(base),
+            Ok(Some(day + Duration::from_secs(3600)))
+        );
+        assert_eq!(
+            compress_after(&format!("{base}    compress_after: 2d\n")),
+            Ok(Some(2 * day))
+        );
+        for off in ["off", "0", "\"0s\"", "false"] {
+            let yaml = format!("{base}    compress_after: {off}\n");
+            assert_eq!(compress_after(&yaml), Ok(None), "{off}");
+        }
+        let err = compress_after(&format!("{base}    compress_after: 1d\n")).unwrap_err();
+        assert!(err.contains("limits.max_past (1d)"), "{err}");
+        let err = compress_after(&format!("{base}    compress_after: 7d\n")).unwrap_err();
+        assert!(err.contains("retention (7d)"), "{err}");
+        let err = compress_after(&format!("{base}    compress_after: soon\n")).unwrap_err();
+        assert!(err.contains("compress_after"), "{err}");
     }
 }

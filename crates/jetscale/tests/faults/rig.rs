@@ -34,7 +34,9 @@ processors:
 exporters:
   postgresql:
     writers: 2
-"
+    backend: {backend}
+",
+        backend = support::backend()
     )
 }
 

@@ -123,17 +123,18 @@ async fn limit_max_value_depth() {
     limit_case("lim_depth", limit, bad, "max_value_depth").await;
 }
 
-/// Partitions (of any jetscale table) whose range holds `time_ns`.
+/// Partitions (TimescaleDB: chunks) of any jetscale table whose range holds `time_ns`.
 async fn partitions_covering(client: &tokio_postgres::Client, time_ns: i64) -> Vec<String> {
     let at = UNIX_EPOCH + Duration::from_nanos(time_ns as u64);
-    texts(
-        client,
+    let sql = if crate::support::timescaledb() {
+        "SELECT chunk_name::text FROM timescaledb_information.chunks
+         WHERE range_start <= $1 AND range_end > $1"
+    } else {
         "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
          WHERE substring(pg_get_expr(c.relpartbound, c.oid) FROM 'FROM \\(''([^'']+)''\\)')::timestamptz <= $1
-           AND substring(pg_get_expr(c.relpartbound, c.oid) FROM 'TO \\(''([^'']+)''\\)')::timestamptz > $1",
-        &[&at],
-    )
-    .await
+           AND substring(pg_get_expr(c.relpartbound, c.oid) FROM 'TO \\(''([^'']+)''\\)')::timestamptz > $1"
+    };
+    texts(client, sql, &[&at]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

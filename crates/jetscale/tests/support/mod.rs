@@ -2,6 +2,11 @@
 //! PostgreSQL cluster for the whole binary with a fresh database per test, settings pointing
 //! at them, and helpers to run the collector and the real binary. A server that can not start
 //! fails the test.
+//!
+//! `JETSCALE_TEST_BACKEND` picks the storage engine the shared cluster and [`settings`] use:
+//! `postgresql` (the default; `backend: postgresql` is set explicitly so the native runs never
+//! pay a failed `CREATE EXTENSION`) or `timescaledb` (the cluster preloads the extension and
+//! the settings demand it, so a run that silently fell back to native would fail).
 
 mod collector;
 pub mod otlp;
@@ -12,7 +17,7 @@ pub use collector::{collect_until_idle, jetscale, run_collector, succeeds};
 pub use store::{assert_stored_as_sent, count, count_rows, db, query, texts};
 pub use stream::{jetstream, provision_stream, publish, reading, simulate, simulate_with};
 
-use jetscale::config::{self, Overrides, Settings};
+use jetscale::config::{self, BackendChoice, Overrides, Settings};
 use jetscale::dev::{NatsServer, NatsServerOptions, PostgresCluster, PostgresOptions};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -43,17 +48,34 @@ pub fn temp_dir() -> tempfile::TempDir {
     dir
 }
 
-/// The PostgreSQL cluster every test of this binary shares.
+/// The storage engine this run tests (`JETSCALE_TEST_BACKEND`, default `postgresql`).
+pub fn backend() -> BackendChoice {
+    match std::env::var("JETSCALE_TEST_BACKEND").as_deref() {
+        Err(_) | Ok("") | Ok("postgresql") => BackendChoice::Postgresql,
+        Ok("timescaledb") => BackendChoice::Timescaledb,
+        Ok(other) => panic!("JETSCALE_TEST_BACKEND={other}: use postgresql or timescaledb"),
+    }
+}
+
+/// Whether this run tests TimescaleDB (assertions that differ per backend ask this).
+pub fn timescaledb() -> bool {
+    backend() == BackendChoice::Timescaledb
+}
+
+/// The PostgreSQL cluster every test of this binary shares; it preloads TimescaleDB when the
+/// run tests it.
 pub async fn postgres() -> &'static PostgresCluster {
     POSTGRES
         .get_or_init(|| async {
             let dir = temp_dir().keep();
-            PostgresCluster::start(PostgresOptions {
+            let options = PostgresOptions {
                 dir: dir.join("pg"),
                 port: None,
-            })
-            .await
-            .expect("a private PostgreSQL cluster must start (apt-get install -y postgresql)")
+            };
+            let preload: &[&str] = if timescaledb() { &["timescaledb"] } else { &[] };
+            PostgresCluster::start_preloading(options, preload)
+                .await
+                .expect("a private PostgreSQL cluster must start (apt-get install -y postgresql; for JETSCALE_TEST_BACKEND=timescaledb also scripts/timescaledb.sh)")
         })
         .await
 }
@@ -97,6 +119,7 @@ pub fn settings(nats_url: &str, database_url: &str) -> Settings {
     })
     .expect("default settings");
     s.batch.timeout = Duration::from_millis(500);
+    s.store.backend = backend();
     s
 }
 

@@ -218,6 +218,11 @@ async fn migrate_locked(
             names.metrics, names.points, names.series
         ));
     }
+    if !backend.native_partitions() {
+        report
+            .notes
+            .push(timescale::compression_note(&names, settings, &backend));
+    }
     if backend.native_partitions() {
         report.notes.push(format!(
             "{} is range-partitioned by time in {} chunks; jetscale creates partitions ahead and on demand",
