@@ -62,7 +62,7 @@ async fn timescaledb_installed() -> bool {
 
 /// A fresh database on a private cluster started with `shared_preload_libraries=timescaledb`,
 /// shared by this binary's tests; `None` when TimescaleDB cannot be had here.
-async fn preloaded_database(label: &str) -> Option<String> {
+pub(crate) async fn preloaded_database(label: &str) -> Option<String> {
     if !timescaledb_installed().await {
         return None;
     }

@@ -11,6 +11,7 @@ mod faults;
 mod layout;
 mod pipeline;
 mod properties;
+mod rollup;
 mod security;
 mod setup;
 mod shutdown;
