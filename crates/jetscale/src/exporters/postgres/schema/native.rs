@@ -157,12 +157,18 @@ pub(super) fn native_rollup_sql(n: &RelationNames) -> String {
         n.table
     );
     // The raw rows the view aggregates live: open hours, then invalidated ones, one range
-    // scan per invalidated hour (a join on the range, so partitions are pruned per hour).
+    // scan per invalidated hour. The lateral subquery's `OFFSET 0` keeps the planner from
+    // flattening it into a join it may drive from the raw side: that plan read every raw
+    // row, invalidations or not (7x the dashboard query's cost on 48 hours of rows), where
+    // this one reads none while the invalidation table is empty, and prunes partitions per
+    // invalidated hour.
     let live_rows = |columns: &str, raw: &str| {
         format!(
             "SELECT {columns} FROM {raw} r WHERE r.time >= {watermark}
       UNION ALL
-      SELECT {columns} FROM {inv} i JOIN {raw} r ON r.time >= i.bucket AND r.time < i.bucket + INTERVAL '1 hour'
+      SELECT {columns} FROM {inv} i
+      CROSS JOIN LATERAL (SELECT * FROM {raw} x
+                          WHERE x.time >= i.bucket AND x.time < i.bucket + INTERVAL '1 hour' OFFSET 0) r
       WHERE i.relation = '{table}' AND i.bucket < {watermark}",
             inv = n.own("jetscale_rollup_invalidations"),
             table = n.table,
