@@ -68,11 +68,10 @@ async fn backfill(settings: &Settings, offset_min: i64, salt: i64) -> i64 {
     HOURS * DEVICES * METRICS.len() as i64 * PER_HOUR
 }
 
-/// Fails unless `iot_metrics_hourly` equals the raw aggregate of `iot_metrics` for every
-/// (hour, device, location, metric) group, and there are `groups` of them. Counts, minima
-/// and maxima are equal; averages within 1e-9 (relative), as the sums are added up in
-/// another order.
-async fn assert_rollup_is_raw(db: &tokio_postgres::Client, groups: i64, when: &str) {
+/// Raw (hour, device, location, metric) groups of `iot_metrics`, groups in
+/// `iot_metrics_hourly`, and groups that differ between them. Counts, minima and maxima must be
+/// equal; averages within 1e-9 (relative), as the sums are added up in another order.
+async fn rollup_vs_raw(db: &tokio_postgres::Client) -> (i64, i64, i64) {
     let row = db
         .query_one(
             "WITH raw AS (
@@ -93,9 +92,14 @@ async fn assert_rollup_is_raw(db: &tokio_postgres::Client, groups: i64, when: &s
         )
         .await
         .expect("compare the rollup with the raw aggregate");
-    let (raw, rollup, differing): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    (row.get(0), row.get(1), row.get(2))
+}
+
+/// Fails unless `iot_metrics_hourly` equals the raw aggregate of `iot_metrics` for every
+/// group, and there are `groups` of them.
+async fn assert_rollup_is_raw(db: &tokio_postgres::Client, groups: i64, when: &str) {
     assert_eq!(
-        (raw, rollup, differing),
+        rollup_vs_raw(db).await,
         (groups, groups, 0),
         "{when}: raw groups, rollup groups, groups that differ"
     );
@@ -284,4 +288,59 @@ async fn timescale_wide_rollup_refreshes_late_hours_before_exit_when_idle() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timescale_series_rollup_refreshes_late_hours_before_exit_when_idle() {
     timescale_late_rows_refreshed(MetricsLayout::Series).await;
+}
+
+/// On TimescaleDB, while a collector runs: late rows into materialized hours are refreshed by
+/// its upkeep loop soon after they commit, without the collector exiting. Waits (up to a
+/// minute, untimed otherwise) for the recorded hours to be taken, then compares.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timescale_running_collector_refreshes_late_hours() {
+    let nats = support::nats().await;
+    let Some(db_url) = crate::backends::preloaded_database("rollup_running").await else {
+        return;
+    };
+    let mut settings = support::settings(&nats.server.url(), &db_url);
+    settings.store.layout = MetricsLayout::Series;
+    settings.store.backend = BackendChoice::Timescaledb;
+    support::provision_stream(&settings).await;
+    let db = support::db(&db_url).await;
+    let first = backfill(&settings, 0, 0).await;
+    support::collect_until_idle(&settings).await;
+    db.batch_execute(
+        "CALL refresh_continuous_aggregate('iot_metrics_points_hourly', NULL, time_bucket('1 hour', now()))",
+    )
+    .await
+    .expect("materialize the aggregate");
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = settings.clone();
+    let collector = tokio::spawn(async move {
+        pipeline::run(
+            &running,
+            &RunOptions::default(),
+            Default::default(),
+            stopped,
+        )
+        .await
+    });
+    let late = backfill(&settings, 5, 11).await;
+    wait_for(&db, "SELECT count(*) FROM iot_metrics", first + late).await;
+    // The hours are taken out of the table before the refresh runs: wait for the rollup.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while rollup_vs_raw(&db).await != (GROUPS, GROUPS, 0) && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_rollup_is_raw(
+        &db,
+        GROUPS,
+        "once the running collector refreshed the late hours",
+    )
+    .await;
+    assert_eq!(invalidated(&db).await, 0, "late hours left unrefreshed");
+    stop.send(true).expect("signal the collector");
+    collector
+        .await
+        .expect("collector task")
+        .expect("collector ran");
 }
