@@ -13,6 +13,7 @@ mod faults;
 mod layout;
 mod pipeline;
 mod properties;
+mod rollup;
 mod security;
 mod setup;
 mod shutdown;

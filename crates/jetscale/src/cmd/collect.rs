@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Stop once the consumer has nothing pending for this long (e.g. 2s).
+    /// Stop once the consumer has nothing pending for this long (e.g. 2s), after bringing the
+    /// hourly rollup up to date over the hours the drained backlog fell in.
     #[arg(long, value_parser = parse_duration)]
     pub exit_when_idle: Option<Duration>,
     /// Accept a stream that was recreated under the same name.

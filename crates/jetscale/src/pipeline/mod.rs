@@ -208,6 +208,9 @@ pub async fn run(
         let _ = w.await;
     }
     upkeep.abort();
+    if options.exit_when_idle.is_some() && fetched.is_ok() {
+        refresh_before_exit(settings, &names, &backend).await;
+    }
     // Bounded: with NATS gone a flush would wait for a reconnection that may never come.
     let _ = tokio::time::timeout(Duration::from_secs(5), nats.flush()).await;
     fetched?;
@@ -218,6 +221,23 @@ pub async fn run(
         latency_p99: counters.latency.quantile(0.99),
         backend: backend.to_string(),
     })
+}
+
+/// Brings the hourly rollup up to date before an idle collector exits: the drained backlog is
+/// usually late hours, and with no collector left running, no upkeep round would materialize
+/// them (native: the view shows them, aggregated live, at a cost on every query) or refresh
+/// them (a continuous aggregate shows them stale). Failure costs no data, so it is a warning.
+async fn refresh_before_exit(settings: &Settings, names: &RelationNames, backend: &Backend) {
+    let refreshed = match postgres::connect(&settings.store).await {
+        Ok(client) => maintenance::refresh_rollup(&client, names, backend).await,
+        Err(e) => Err(e),
+    };
+    match refreshed {
+        Ok(hours) => tracing::info!(hours, "hourly rollup refreshed before exiting"),
+        Err(e) => {
+            tracing::warn!(error = %e, rollup = %names.hourly, "could not refresh the hourly rollup before exiting: it is complete for queries on plain PostgreSQL, but a TimescaleDB continuous aggregate stays stale for late hours until a collector runs again or its policy runs (or CALL refresh_continuous_aggregate)")
+        }
+    }
 }
 
 /// The stream as the delivery ledger identifies it: name, creation time, last sequence.

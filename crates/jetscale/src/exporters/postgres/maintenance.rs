@@ -79,6 +79,90 @@ pub async fn index_closed_partitions(
         .get(0))
 }
 
+/// Brings the hourly rollup's materialization up to date; returns how many hours it
+/// (re)computed. Native rollup: closed hours since the last run and invalidated ones. A
+/// TimescaleDB continuous aggregate: the closed hours writers recorded as late
+/// ([`refresh_late_hours`]); its policy does the rest.
+pub async fn refresh_rollup(
+    client: &Client,
+    names: &RelationNames,
+    backend: &Backend,
+) -> Result<i32, StoreError> {
+    if backend.continuous_aggregate() {
+        return refresh_late_hours(client, names).await;
+    }
+    Ok(client
+        .query_one(
+            &format!("SELECT {}.jetscale_refresh_rollup($1)", names.schema),
+            &[&names.table],
+        )
+        .await?
+        .get(0))
+}
+
+/// Refreshes the continuous aggregate over the closed hours writers recorded in
+/// `jetscale_rollup_invalidations`, one `refresh_continuous_aggregate` per run of
+/// consecutive hours. Real-time aggregation covers only hours above the aggregate's own
+/// watermark, so a late row into an already materialized hour stays invisible until a
+/// refresh over that hour; TimescaleDB logs the invalidation itself, and this call is what
+/// makes the refresh happen now rather than at the policy's next run. The hours are taken
+/// out first, so a writer recording one meanwhile queues it for the next call, and put
+/// back if a refresh fails. `refresh_continuous_aggregate` cannot run in a transaction: the
+/// client must be in autocommit.
+pub async fn refresh_late_hours(client: &Client, names: &RelationNames) -> Result<i32, StoreError> {
+    let taken: Vec<SystemTime> = client
+        .query(
+            &format!(
+                "DELETE FROM {} WHERE relation = $1 RETURNING bucket",
+                names.own("jetscale_rollup_invalidations")
+            ),
+            &[&names.table],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let aggregate = match names.layout {
+        MetricsLayout::Wide => &names.hourly,
+        MetricsLayout::Series => &names.points_hourly,
+    };
+    let call = format!(
+        "CALL refresh_continuous_aggregate('{}', $1::timestamptz, $2::timestamptz)",
+        aggregate.replace('\'', "''")
+    );
+    for (start, end) in hour_runs(&taken) {
+        if let Err(e) = client.execute(&call, &[&start, &end]).await {
+            let _ = client
+                .execute(
+                    &format!(
+                        "INSERT INTO {} (relation, bucket) SELECT $1, b FROM unnest($2::timestamptz[]) AS b ON CONFLICT DO NOTHING",
+                        names.own("jetscale_rollup_invalidations")
+                    ),
+                    &[&names.table, &taken],
+                )
+                .await;
+            return Err(e.into());
+        }
+    }
+    Ok(taken.len() as i32)
+}
+
+/// Sorted hour starts as `[start, end)` windows of consecutive hours.
+fn hour_runs(hours: &[SystemTime]) -> Vec<(SystemTime, SystemTime)> {
+    const HOUR: Duration = Duration::from_secs(3600);
+    let mut sorted = hours.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut runs: Vec<(SystemTime, SystemTime)> = Vec::new();
+    for h in sorted {
+        match runs.last_mut() {
+            Some((_, end)) if *end == h => *end = h + HOUR,
+            _ => runs.push((h, h + HOUR)),
+        }
+    }
+    runs
+}
+
 /// One round: partitions, rollup, retention, then indexes of closed partitions, as the
 /// backend needs.
 pub async fn run_once(
@@ -92,15 +176,7 @@ pub async fn run_once(
     if backend.native_partitions() {
         upkeep.partitions_created = partitions_ahead(client, names, settings, ahead).await?;
     }
-    if !backend.continuous_aggregate() {
-        upkeep.rollup_buckets = client
-            .query_one(
-                &format!("SELECT {}.jetscale_refresh_rollup($1)", names.schema),
-                &[&names.table],
-            )
-            .await?
-            .get(0);
-    }
+    upkeep.rollup_buckets = refresh_rollup(client, names, backend).await?;
     let raw_cutoff = SystemTime::now() - settings.retention;
     let rollup_cutoff = SystemTime::now() - settings.rollup_retention;
     match backend {
@@ -157,4 +233,19 @@ pub async fn run_once(
         .await?;
     }
     Ok(upkeep)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consecutive_hours_make_one_window() {
+        let at = |h: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(h * 3600);
+        assert_eq!(
+            hour_runs(&[at(5), at(3), at(4), at(9), at(4)]),
+            [(at(3), at(6)), (at(9), at(10))]
+        );
+        assert!(hour_runs(&[]).is_empty());
+    }
 }

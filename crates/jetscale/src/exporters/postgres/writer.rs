@@ -349,24 +349,8 @@ impl Writer {
         if !work.dead_letters.is_empty() {
             insert_dead_letters(&tx, names, &self.stream, &work.dead_letters).await?;
         }
-        if native_rollup && work.rows(Table::Metrics) > 0 {
-            let hours: Vec<SystemTime> = work
-                .hours
-                .iter()
-                .map(|&us| SystemTime::UNIX_EPOCH + Duration::from_micros(us.max(0) as u64))
-                .collect();
-            tx.execute(
-                &format!(
-                    "INSERT INTO {inv} (relation, bucket)
-                     SELECT $1, b FROM unnest($2::timestamptz[]) AS b
-                     WHERE b < (SELECT watermark FROM {state} WHERE relation = $1)
-                     ON CONFLICT DO NOTHING",
-                    inv = names.own("jetscale_rollup_invalidations"),
-                    state = names.own("jetscale_rollup_state"),
-                ),
-                &[&names.table, &hours],
-            )
-            .await?;
+        if work.rows(Table::Metrics) > 0 {
+            record_late_hours(&tx, names, native_rollup, &work.hours).await?;
         }
         tx.commit().await?;
         if let Some(cache) = &self.series {
@@ -395,6 +379,57 @@ impl Writer {
         }
         Ok(outcome)
     }
+}
+
+/// Records, in the batch's transaction, the hours whose rollup these rows make stale, so
+/// they are never shown stale and the next refresh recomputes them. Native rollup: hours
+/// below its watermark (the `_hourly` view aggregates them live until refreshed). A
+/// TimescaleDB continuous aggregate: closed hours, by this collector's clock, which may lie
+/// below the aggregate's own watermark, where real-time aggregation does not look; the
+/// upkeep loop refreshes them within seconds, and before `--exit-when-idle` exits. Rows of
+/// the current hour, the common case, cost a continuous aggregate no statement at all.
+async fn record_late_hours(
+    tx: &tokio_postgres::Transaction<'_>,
+    names: &RelationNames,
+    native_rollup: bool,
+    hours_us: &std::collections::BTreeSet<i64>,
+) -> Result<(), StoreError> {
+    let to_time = |us: i64| SystemTime::UNIX_EPOCH + Duration::from_micros(us.max(0) as u64);
+    let inv = names.own("jetscale_rollup_invalidations");
+    if native_rollup {
+        let hours: Vec<SystemTime> = hours_us.iter().map(|&us| to_time(us)).collect();
+        tx.execute(
+            &format!(
+                "INSERT INTO {inv} (relation, bucket)
+                 SELECT $1, b FROM unnest($2::timestamptz[]) AS b
+                 WHERE b < (SELECT watermark FROM {state} WHERE relation = $1)
+                 ON CONFLICT DO NOTHING",
+                state = names.own("jetscale_rollup_state"),
+            ),
+            &[&names.table, &hours],
+        )
+        .await?;
+        return Ok(());
+    }
+    const HOUR_US: i64 = 3_600_000_000;
+    let now_us = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64);
+    let current_hour = now_us - now_us.rem_euclid(HOUR_US);
+    let closed: Vec<SystemTime> = hours_us
+        .range(..current_hour)
+        .map(|&us| to_time(us))
+        .collect();
+    if !closed.is_empty() {
+        tx.execute(
+            &format!(
+                "INSERT INTO {inv} (relation, bucket) SELECT $1, b FROM unnest($2::timestamptz[]) AS b ON CONFLICT DO NOTHING"
+            ),
+            &[&names.table, &closed],
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Writes resolved series ids over their placeholders in a copy of the metrics rows.
