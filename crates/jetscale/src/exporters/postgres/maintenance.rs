@@ -110,6 +110,22 @@ pub async fn refresh_rollup(
 /// back if a refresh fails. `refresh_continuous_aggregate` cannot run in a transaction: the
 /// client must be in autocommit.
 pub async fn refresh_late_hours(client: &Client, names: &RelationNames) -> Result<i32, StoreError> {
+    let aggregate = match names.layout {
+        MetricsLayout::Wide => &names.hourly,
+        MetricsLayout::Series => &names.points_hourly,
+    };
+    // Only the aggregate's owner may refresh it. A least-privilege collector leaves the hours
+    // queued for an owner's upkeep and to the refresh policy, which runs as the owner.
+    let may_refresh: bool = client
+        .query_one(
+            "SELECT pg_has_role((SELECT relowner FROM pg_class WHERE oid = $1::text::regclass), 'MEMBER')",
+            &[aggregate],
+        )
+        .await?
+        .get(0);
+    if !may_refresh {
+        return Ok(0);
+    }
     let taken: Vec<SystemTime> = client
         .query(
             &format!(
@@ -122,10 +138,6 @@ pub async fn refresh_late_hours(client: &Client, names: &RelationNames) -> Resul
         .iter()
         .map(|r| r.get(0))
         .collect();
-    let aggregate = match names.layout {
-        MetricsLayout::Wide => &names.hourly,
-        MetricsLayout::Series => &names.points_hourly,
-    };
     let call = format!(
         "CALL refresh_continuous_aggregate('{}', $1::timestamptz, $2::timestamptz)",
         aggregate.replace('\'', "''")
