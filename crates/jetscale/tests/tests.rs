@@ -9,6 +9,7 @@ mod cumulative_acks;
 mod dead_letter_subject;
 mod faults;
 mod layout;
+mod observability;
 mod pipeline;
 mod properties;
 mod security;

@@ -1,7 +1,7 @@
 //! One small HTTP/1.1 listener for `/metrics`, `/health/live` and `/health/ready`, kept
 //! apart from the pipeline so that other commands (a gateway, `serve`) can reuse it.
 
-use super::registry::{self, CONTENT_TYPE};
+use super::registry::{self, CLASSIC_CONTENT_TYPE, CONTENT_TYPE};
 use super::Counters;
 use bytes::Bytes;
 use http_body_util::Full;
@@ -84,8 +84,20 @@ fn respond(
     match request.uri().path() {
         "/metrics" => match registry::render(registry) {
             Ok(body) => {
+                // Prometheus asks for OpenMetrics; curl and promtool get the classic format.
+                let openmetrics = request
+                    .headers()
+                    .get_all(hyper::header::ACCEPT)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .any(|v| v.contains("application/openmetrics-text"));
+                let (body, content_type) = if openmetrics {
+                    (body, CONTENT_TYPE)
+                } else {
+                    (registry::to_classic_text(&body), CLASSIC_CONTENT_TYPE)
+                };
                 let mut response = Response::new(Full::new(Bytes::from(body)));
-                if let Ok(value) = hyper::header::HeaderValue::from_str(CONTENT_TYPE) {
+                if let Ok(value) = hyper::header::HeaderValue::from_str(content_type) {
                     response
                         .headers_mut()
                         .insert(hyper::header::CONTENT_TYPE, value);

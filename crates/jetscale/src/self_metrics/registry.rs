@@ -23,6 +23,9 @@ use std::sync::Arc;
 /// The content type of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+/// The content type of [`to_classic_text`]'s output.
+pub const CLASSIC_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
 /// A registry holding the collector's measurements.
 pub fn registry(counters: Arc<Counters>) -> Registry {
     let mut registry = Registry::default();
@@ -36,6 +39,40 @@ pub fn render(registry: &Registry) -> Result<String, std::fmt::Error> {
     let mut text = String::with_capacity(8 << 10);
     prometheus_client::encoding::text::encode(&mut text, registry)?;
     Ok(text)
+}
+
+/// OpenMetrics text as Prometheus's classic text format (0.0.4), for clients that do not
+/// ask for OpenMetrics (curl, `promtool check metrics`, older scrapers): a counter family
+/// is named with its `_total` there, and there is no `# UNIT` or `# EOF`.
+pub fn to_classic_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len() + 16 * counters.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let descriptor = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|prefix| Some((prefix, line.strip_prefix(prefix)?)));
+        match descriptor {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                out.push_str(prefix);
+                out.push_str(name);
+                if counters.contains(name) {
+                    out.push_str("_total");
+                }
+                out.push(' ');
+                out.push_str(tail);
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 #[derive(Debug)]
@@ -358,5 +395,14 @@ mod tests {
         }
         assert!(text.contains("process_resident_memory_bytes "), "{text}");
         assert!(text.ends_with("# EOF\n"));
+
+        let classic = to_classic_text(&text);
+        assert!(classic.contains(
+            "# TYPE jetscale_receiver_accepted_messages_total counter\n\
+             jetscale_receiver_accepted_messages_total{receiver=\"nats\"} 3\n"
+        ));
+        assert!(classic.contains("# HELP process_cpu_seconds_total User"));
+        assert!(classic.contains("# TYPE process_resident_memory_bytes gauge\n"));
+        assert!(!classic.contains("# EOF"));
     }
 }
