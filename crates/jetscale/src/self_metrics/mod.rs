@@ -100,9 +100,8 @@ impl Counters {
         let now_ns = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as i64);
-        for published in &done.published_ns {
-            self.latency.record_ns(now_ns - published);
-        }
+        self.latency
+            .record_all(done.published_ns.iter().map(|published| now_ns - published));
     }
 }
 
@@ -242,6 +241,16 @@ impl LatencyHistogram {
     pub fn record_ns(&self, ns: i64) {
         self.counts[bucket_of(ns)].fetch_add(1, Ordering::Relaxed);
         self.sum_ns.fetch_add(ns.max(0) as u64, Ordering::Relaxed);
+    }
+
+    /// Records many durations: one atomic add per duration for its bucket, one for the sum.
+    pub fn record_all(&self, durations_ns: impl Iterator<Item = i64>) {
+        let mut sum = 0u64;
+        for ns in durations_ns {
+            self.counts[bucket_of(ns)].fetch_add(1, Ordering::Relaxed);
+            sum = sum.wrapping_add(ns.max(0) as u64);
+        }
+        self.sum_ns.fetch_add(sum, Ordering::Relaxed);
     }
 
     /// In seconds, for exposition: `(sum, count, cumulative buckets)` with one bound per
