@@ -357,10 +357,12 @@ async fn readiness_and_lag_follow_the_servers() {
     support::provision_stream(&settings).await;
     let (_counters, stop, collector) = spawn_collector(&settings);
     let ready = || async { http_get(address, "/health/ready").await };
-    assert_eq!(
-        http_get(address, "/health/live").await.map(|r| r.0),
-        Some(200)
-    );
+    wait_for(
+        "alive as soon as it listens",
+        Duration::from_secs(30),
+        || async { matches!(http_get(address, "/health/live").await, Some((200, _))) },
+    )
+    .await;
     wait_for("ready at start", Duration::from_secs(60), || async {
         matches!(ready().await, Some((200, _)))
     })
@@ -417,6 +419,75 @@ async fn readiness_and_lag_follow_the_servers() {
         .expect("nats-server starts again");
     wait_for(
         "ready once NATS is back",
+        Duration::from_secs(60),
+        || async { matches!(ready().await, Some((200, _))) },
+    )
+    .await;
+
+    let _ = stop.send(true);
+    collector
+        .await
+        .expect("collector task")
+        .expect("collector ran without error");
+}
+
+/// A collector whose NATS user may not create consumers: when its consumer is deleted it
+/// cannot bind again by itself, so the not-ready state lasts until an admin creates it.
+const NO_CONSUMER_CREATE: &str = r#"
+authorization {
+  users = [
+    {user: admin, password: admin}
+    {user: collector, password: collector, permissions: {
+      publish: {allow: ">", deny: ["$JS.API.CONSUMER.CREATE.>", "$JS.API.CONSUMER.DURABLE.CREATE.>"]}
+      subscribe: {allow: ">"}
+    }}
+  ]
+}
+"#;
+
+/// `/health/ready` says the consumer is gone while it is, and is ready again once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_consumer_deleted_and_created_again() {
+    let nats = support::nats_with(NO_CONSUMER_CREATE).await;
+    let db_url = support::fresh_database("health_consumer").await;
+    let address = loopback(free_port());
+    let mut admin = support::settings(&nats.server.url(), &db_url);
+    admin.nats.auth.user = Some("admin".into());
+    admin.nats.auth.password = Some("admin".into());
+    support::provision_stream(&admin).await;
+    let mut settings = admin.clone();
+    settings.nats.auth.user = Some("collector".into());
+    settings.nats.auth.password = Some("collector".into());
+    settings.telemetry.metrics_address = Some(address);
+    let (_counters, stop, collector) = spawn_collector(&settings);
+    let ready = || async { http_get(address, "/health/ready").await };
+    wait_for("ready at start", Duration::from_secs(60), || async {
+        matches!(ready().await, Some((200, _)))
+    })
+    .await;
+
+    let client = jetscale::receivers::nats::connect(&admin.nats, "test-admin")
+        .await
+        .expect("admin connects");
+    let js = async_nats::jetstream::new(client);
+    let stream = js.get_stream(&admin.stream.name).await.expect("stream");
+    stream
+        .delete_consumer(&admin.consumer.name)
+        .await
+        .expect("delete the consumer");
+    wait_for(
+        "not ready while the consumer is gone",
+        Duration::from_secs(30),
+        || async {
+            matches!(ready().await, Some((503, body)) if body.contains("consumer was deleted"))
+        },
+    )
+    .await;
+    jetscale::receivers::nats::ensure_consumer(&stream, &admin.consumer)
+        .await
+        .expect("the admin creates the consumer again");
+    wait_for(
+        "ready once the consumer is back",
         Duration::from_secs(60),
         || async { matches!(ready().await, Some((200, _))) },
     )
