@@ -67,6 +67,25 @@ where
     }
 }
 
+/// Waits (up to 60 s) until `/health/ready` answers `status` with a body containing `says`.
+async fn wait_ready(address: SocketAddr, what: &str, status: u16, says: &str) {
+    wait_for(what, Duration::from_secs(60), || async {
+        matches!(http_get(address, "/health/ready").await, Some((s, body)) if s == status && body.contains(says))
+    })
+    .await;
+}
+
+/// Asks the in-process collector to stop, and fails the test unless it stopped cleanly.
+async fn stop_collector(stop: tokio::sync::watch::Sender<bool>, collector: Collector) {
+    let _ = stop.send(true);
+    collector
+        .await
+        .expect("collector task")
+        .expect("collector ran without error");
+}
+
+type Collector = tokio::task::JoinHandle<Result<pipeline::RunReport, pipeline::PipelineError>>;
+
 /// `/metrics` as `name{labels}` → value, the labels as written.
 async fn scrape(address: SocketAddr) -> BTreeMap<String, f64> {
     let (status, text) = http_get(address, "/metrics")
@@ -94,11 +113,7 @@ fn total(metrics: &BTreeMap<String, f64>, name: &str) -> f64 {
 /// Starts the collector in-process on `settings` with a fresh set of counters.
 fn spawn_collector(
     settings: &Settings,
-) -> (
-    Arc<Counters>,
-    tokio::sync::watch::Sender<bool>,
-    tokio::task::JoinHandle<Result<pipeline::RunReport, pipeline::PipelineError>>,
-) {
+) -> (Arc<Counters>, tokio::sync::watch::Sender<bool>, Collector) {
     let counters = Arc::new(Counters::default());
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let settings = settings.clone();
@@ -231,17 +246,7 @@ async fn metrics_agree_with_the_database_and_feed_every_dashboard_query() {
     })
     .await;
     let (counters, stop, collector) = spawn_collector(&stack.settings);
-    wait_for(
-        "the collector to be ready",
-        Duration::from_secs(60),
-        || async {
-            matches!(
-                http_get(metrics_address, "/health/ready").await,
-                Some((200, _))
-            )
-        },
-    )
-    .await;
+    wait_ready(metrics_address, "the collector to be ready", 200, "").await;
     let prometheus = Prometheus::start(metrics_address).await;
     wait_for("a first scrape", Duration::from_secs(30), || async {
         !prometheus
@@ -330,11 +335,7 @@ async fn metrics_agree_with_the_database_and_feed_every_dashboard_query() {
         "dashboard queries without data: {empty:#?}"
     );
 
-    let _ = stop.send(true);
-    collector
-        .await
-        .expect("collector task")
-        .expect("collector ran without error");
+    stop_collector(stop, collector).await;
 }
 
 /// `/health/ready` and the lag follow PostgreSQL and nats-server going away and back.
@@ -356,17 +357,13 @@ async fn readiness_and_lag_follow_the_servers() {
     settings.telemetry.unready_after = Duration::from_secs(1);
     support::provision_stream(&settings).await;
     let (_counters, stop, collector) = spawn_collector(&settings);
-    let ready = || async { http_get(address, "/health/ready").await };
     wait_for(
         "alive as soon as it listens",
         Duration::from_secs(30),
         || async { matches!(http_get(address, "/health/live").await, Some((200, _))) },
     )
     .await;
-    wait_for("ready at start", Duration::from_secs(60), || async {
-        matches!(ready().await, Some((200, _)))
-    })
-    .await;
+    wait_ready(address, "ready at start", 200, "").await;
     let js = support::jetstream(&nats.server.url()).await;
     let lag = || async {
         let m = scrape(address).await;
@@ -382,9 +379,12 @@ async fn readiness_and_lag_follow_the_servers() {
         let reading = support::reading("dev-1", support::now_ns() + n, n as f64);
         support::publish(&js, "telemetry.metrics.dev-1", &[], reading).await;
     }
-    wait_for("not ready while PostgreSQL is down", Duration::from_secs(60), || async {
-        matches!(ready().await, Some((503, body)) if body.contains("database has refused commits"))
-    })
+    wait_ready(
+        address,
+        "not ready while PostgreSQL is down",
+        503,
+        "database has refused commits",
+    )
     .await;
     wait_for("the lag to rise", Duration::from_secs(30), || async {
         let (messages, seconds) = lag().await;
@@ -392,12 +392,7 @@ async fn readiness_and_lag_follow_the_servers() {
     })
     .await;
     pg.start_again().await.expect("PostgreSQL starts again");
-    wait_for(
-        "ready once PostgreSQL is back",
-        Duration::from_secs(60),
-        || async { matches!(ready().await, Some((200, _))) },
-    )
-    .await;
+    wait_ready(address, "ready once PostgreSQL is back", 200, "").await;
     wait_for("the lag back to zero", Duration::from_secs(30), || async {
         lag().await == (0.0, 0.0)
     })
@@ -405,30 +400,20 @@ async fn readiness_and_lag_follow_the_servers() {
 
     // nats-server stops: not ready, saying NATS; ready again once the client reconnects.
     nats.server.stop().await;
-    wait_for(
+    wait_ready(
+        address,
         "not ready while NATS is down",
-        Duration::from_secs(30),
-        || async {
-            matches!(ready().await, Some((503, body)) if body.contains("NATS is not connected"))
-        },
+        503,
+        "NATS is not connected",
     )
     .await;
     nats.server
         .start_again()
         .await
         .expect("nats-server starts again");
-    wait_for(
-        "ready once NATS is back",
-        Duration::from_secs(60),
-        || async { matches!(ready().await, Some((200, _))) },
-    )
-    .await;
+    wait_ready(address, "ready once NATS is back", 200, "").await;
 
-    let _ = stop.send(true);
-    collector
-        .await
-        .expect("collector task")
-        .expect("collector ran without error");
+    stop_collector(stop, collector).await;
 }
 
 /// A collector whose NATS user may not create consumers: when its consumer is deleted it
@@ -460,11 +445,7 @@ async fn readiness_follows_the_consumer_deleted_and_created_again() {
     settings.nats.auth.password = Some("collector".into());
     settings.telemetry.metrics_address = Some(address);
     let (_counters, stop, collector) = spawn_collector(&settings);
-    let ready = || async { http_get(address, "/health/ready").await };
-    wait_for("ready at start", Duration::from_secs(60), || async {
-        matches!(ready().await, Some((200, _)))
-    })
-    .await;
+    wait_ready(address, "ready at start", 200, "").await;
 
     let client = jetscale::receivers::nats::connect(&admin.nats, "test-admin")
         .await
@@ -475,27 +456,17 @@ async fn readiness_follows_the_consumer_deleted_and_created_again() {
         .delete_consumer(&admin.consumer.name)
         .await
         .expect("delete the consumer");
-    wait_for(
+    wait_ready(
+        address,
         "not ready while the consumer is gone",
-        Duration::from_secs(30),
-        || async {
-            matches!(ready().await, Some((503, body)) if body.contains("consumer was deleted"))
-        },
+        503,
+        "consumer was deleted",
     )
     .await;
     jetscale::receivers::nats::ensure_consumer(&stream, &admin.consumer)
         .await
         .expect("the admin creates the consumer again");
-    wait_for(
-        "ready once the consumer is back",
-        Duration::from_secs(60),
-        || async { matches!(ready().await, Some((200, _))) },
-    )
-    .await;
+    wait_ready(address, "ready once the consumer is back", 200, "").await;
 
-    let _ = stop.send(true);
-    collector
-        .await
-        .expect("collector task")
-        .expect("collector ran without error");
+    stop_collector(stop, collector).await;
 }
