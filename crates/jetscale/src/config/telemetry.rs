@@ -51,7 +51,15 @@ pub fn resolve(telemetry: Option<&Value>) -> Result<TelemetrySettings, ConfigErr
         }
     };
     if let Some(address) = text("metrics", "address")? {
-        let parsed = address.parse::<SocketAddr>().map_err(|e| {
+        // The Collector's configs (Go) also write `:8888` (every interface) and `localhost:8888`.
+        let spelled = if let Some(port) = address.strip_prefix("localhost:") {
+            format!("127.0.0.1:{port}")
+        } else if address.starts_with(':') {
+            format!("0.0.0.0{address}")
+        } else {
+            address.clone()
+        };
+        let parsed = spelled.parse::<SocketAddr>().map_err(|e| {
             resolve_error(format!(
                 "service.telemetry.metrics.address `{address}`: {e}; write an IP address and port, e.g. `127.0.0.1:8888` (or `0.0.0.0:8888` to be scraped from other hosts)"
             ))
@@ -89,6 +97,16 @@ mod tests {
             Some("127.0.0.1:8888".parse().unwrap())
         );
         assert_eq!(settings.unready_after, Duration::from_secs(5));
+        let address = |text: &str| {
+            parse(&format!("metrics: {{address: '{text}'}}"))
+                .unwrap()
+                .metrics_address
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(address("localhost:8888"), "127.0.0.1:8888");
+        assert_eq!(address(":8888"), "0.0.0.0:8888");
+        assert_eq!(address("[::1]:9000"), "[::1]:9000");
     }
 
     #[test]
