@@ -11,6 +11,7 @@ mod dead_letter_subject;
 mod failover;
 mod faults;
 mod layout;
+mod observability;
 mod pipeline;
 mod properties;
 mod rollup;

@@ -68,6 +68,7 @@ async fn start_stack(global: &Global, dir: &std::path::Path) -> anyhow::Result<S
         nats_url: Some(nats.url()),
         database_url: Some(database),
         replicas: Some(1),
+        log_format: global.log_format,
     };
     let settings = global.settings()?;
     for line in setup::provision(&settings, true, true).await? {

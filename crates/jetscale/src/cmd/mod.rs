@@ -46,6 +46,22 @@ pub struct Global {
     /// Stream replicas for setup: 1 on a single server, 3 on a cluster.
     #[arg(long, global = true)]
     pub replicas: Option<usize>,
+    /// Log lines on stderr: `text` for people, `json` (one object per line) for log shippers.
+    #[arg(
+        long,
+        global = true,
+        env = "JETSCALE_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

@@ -288,7 +288,8 @@ pub struct PostgresExporter {
 pub struct Service {
     #[serde(default)]
     pub pipelines: BTreeMap<String, PipelineFile>,
-    /// Accepted for compatibility with Collector configs; jetscale logs through `RUST_LOG`.
+    /// The Collector's section: jetscale reads `metrics.address` and `health.unready_after`
+    /// (see `config::telemetry`) and accepts the rest for compatibility.
     pub telemetry: Option<serde_yaml_ng::Value>,
     pub extensions: Option<Vec<String>>,
 }

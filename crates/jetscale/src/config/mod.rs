@@ -9,6 +9,7 @@
 pub mod expand;
 pub mod file;
 pub mod settings;
+pub mod telemetry;
 pub mod units;
 
 pub use file::ConfigFile;
@@ -17,6 +18,7 @@ pub use settings::{
     ConsumerSettings, Encoding, Limits, MetricsLayout, NatsAuth, NatsSettings, Overrides, Settings,
     StoreSettings, StreamSettings, TlsFiles,
 };
+pub use telemetry::TelemetrySettings;
 
 use std::path::{Path, PathBuf};
 

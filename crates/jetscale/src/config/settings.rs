@@ -27,6 +27,8 @@ pub struct Settings {
     /// Subject dead letters are also published to once committed, if any; never one the
     /// stream's subjects capture.
     pub dead_letter_subject: Option<String>,
+    /// `service.telemetry`: the metrics and health listener.
+    pub telemetry: super::TelemetrySettings,
 }
 
 /// How to reach NATS.
@@ -563,6 +565,7 @@ pub fn resolve(file: &ConfigFile, overrides: &Overrides) -> Result<Settings, Con
         resource,
         limits,
         dead_letter_subject: nats.dead_letter_subject.clone(),
+        telemetry: super::telemetry::resolve(file.service.telemetry.as_ref())?,
     })
 }
 

@@ -8,11 +8,13 @@ use crate::config::Settings;
 use crate::decode::{DecodeContext, Incoming};
 use crate::exporters::postgres::batch::{Batch, Delivery};
 use crate::receivers::nats;
+use crate::self_metrics::Counters;
 use async_nats::jetstream::consumer::pull::{MessagesError, MessagesErrorKind, Stream as Messages};
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{self, stream};
 use futures::StreamExt;
 use jetscale_sdk::backoff::{Backoff, Retries};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
@@ -68,8 +70,12 @@ pub(super) struct Fetch<'a> {
     pub js_stream: &'a stream::Stream,
     pub consumer: PullConsumer,
     pub acks: &'a Acks,
+    /// Where deliveries are counted, and the consumer's binding reported.
+    pub counters: &'a Counters,
     pub batch: Batch,
     pub outbox: Outbox,
+    /// Deliveries (and redeliveries among them) fetched since the last batch was sent.
+    pub fetched: (u64, u64),
 }
 
 /// What happened to a delivery handed to the batch.
@@ -168,6 +174,9 @@ impl<'a> Fetch<'a> {
             return Added::Kept;
         };
         let stream_seq = info.stream_sequence;
+        // Counted per batch (see `send_batch`), not with an atomic per message.
+        self.fetched.0 += 1;
+        self.fetched.1 += u64::from(info.delivered > 1);
         let published_ns = info.published.unix_timestamp_nanos() as i64;
         let Some(reply) = message.reply.clone() else {
             return Added::Kept;
@@ -202,6 +211,13 @@ impl<'a> Fetch<'a> {
 
     /// Hands the batch to the writers; false once they are gone.
     async fn send_batch(&mut self) -> bool {
+        let (received, redelivered) = std::mem::take(&mut self.fetched);
+        self.counters
+            .received
+            .fetch_add(received, Ordering::Relaxed);
+        self.counters
+            .redelivered
+            .fetch_add(redelivered, Ordering::Relaxed);
         self.outbox
             .send_and_renew(&mut self.batch, self.settings.batch.max_rows)
             .await
@@ -247,6 +263,7 @@ impl<'a> Fetch<'a> {
     /// acknowledged is delivered again, and the ledger skips what is already stored.
     async fn rebind(&mut self) -> Result<Messages, PipelineError> {
         let name = &self.settings.consumer.name;
+        self.counters.health.consumer_bound(false);
         tracing::warn!(consumer = %name, "the consumer was deleted; creating it again (deliveries not acknowledged are delivered again, and those already stored are skipped)");
         // The server may still be removing the old one's state: retry for a few seconds.
         let mut retries = PULL_BACKOFF.retries();
@@ -266,6 +283,7 @@ impl<'a> Fetch<'a> {
                 }
             }
         };
+        self.counters.health.consumer_bound(true);
         if let Acks::Cumulative(cumulative) = self.acks {
             cumulative.restart();
         }

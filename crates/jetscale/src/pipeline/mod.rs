@@ -9,6 +9,7 @@
 
 pub mod dead_letters;
 mod fetch;
+mod lag;
 mod upkeep;
 mod write;
 
@@ -46,6 +47,8 @@ pub enum PipelineError {
     AcksHeld { consumer: String, held: Duration },
     #[error("another collector already consumes `{consumer}` with ack_policy = all, which allows one collector per consumer (its cumulative acks would hold this one's back): stop it, or give this collector its own consumer")]
     ConsumerTaken { consumer: String },
+    #[error(transparent)]
+    Listen(#[from] crate::self_metrics::http::ListenError),
 }
 
 /// Options of one collector run besides the config.
@@ -86,6 +89,11 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<RunReport, PipelineError> {
     let started = Instant::now();
+    // First, so that /health/live answers (and /health/ready says why not) during start-up.
+    let _listener = match settings.telemetry.metrics_address {
+        Some(address) => Some(crate::self_metrics::http::serve(address, counters.clone()).await?),
+        None => None,
+    };
     let nats = nats::connect(&settings.nats, "jetscale-collector").await?;
     let js = jetstream::new(nats.clone());
     let (_, js_stream) = nats::ensure_stream(&js, &settings.stream).await?;
@@ -183,6 +191,18 @@ pub async fn run(
         shutdown: shutdown.clone(),
     };
     let upkeep = tokio::spawn(upkeep.run());
+    let lag = tokio::spawn(
+        lag::Lag {
+            js_stream: js_stream.clone(),
+            consumer: settings.consumer.name.clone(),
+            series: series.clone(),
+            counters: counters.clone(),
+        }
+        .run(),
+    );
+    counters
+        .health
+        .started(&nats, settings.telemetry.unready_after);
 
     let empty_batch = Batch::new(
         settings.store.chunk_interval.as_micros() as i64,
@@ -196,11 +216,13 @@ pub async fn run(
         js_stream: &js_stream,
         consumer,
         acks: &acks,
+        counters: &counters,
         batch: empty_batch,
         outbox: fetch::Outbox {
             full: batch_tx,
             emptied: emptied_rx,
         },
+        fetched: (0, 0),
     };
     let fetched = fetch.run(&mut shutdown).await;
     // The batch channel is closed: writers finish what they hold, then stop.
@@ -208,6 +230,7 @@ pub async fn run(
         let _ = w.await;
     }
     upkeep.abort();
+    lag.abort();
     if options.exit_when_idle.is_some() && fetched.is_ok() {
         refresh_before_exit(settings, &names, &backend).await;
     }

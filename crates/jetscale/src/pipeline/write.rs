@@ -53,13 +53,21 @@ impl Write {
     async fn write(&mut self, batch: &Batch) {
         let mut retries = WRITE_BACKOFF.retries();
         let mut last_progress = Instant::now();
+        let first_attempt = Instant::now();
         loop {
             let write_started = Instant::now();
             let e = match self.writer.write(batch).await {
-                Ok(done) => return self.committed(batch, &done, write_started).await,
+                Ok(done) => {
+                    self.counters.health.committed();
+                    self.counters
+                        .transaction_duration
+                        .record_ns(first_attempt.elapsed().as_nanos() as i64);
+                    return self.committed(batch, &done, write_started).await;
+                }
                 Err(e) => e,
             };
             self.counters.write_retries.fetch_add(1, Ordering::Relaxed);
+            self.counters.health.commit_failed();
             if *self.shutdown.borrow() && !e.is_transient() {
                 tracing::error!(error = %e, "abandoning a batch at shutdown; it will be redelivered");
                 return;

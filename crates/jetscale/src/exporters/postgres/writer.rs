@@ -25,6 +25,8 @@ use tokio_postgres::Client;
 #[derive(Debug, Default)]
 pub struct Committed {
     pub rows: usize,
+    /// The rows by table (indexed by `Table as usize`), for the self-metrics.
+    pub rows_by_table: [usize; 4],
     pub messages: usize,
     pub dead_letters: usize,
     /// Messages skipped because an earlier transaction had committed them.
@@ -54,6 +56,9 @@ pub struct Rejected {
 impl Committed {
     fn merge(&mut self, other: Committed) {
         self.rows += other.rows;
+        for (mine, theirs) in self.rows_by_table.iter_mut().zip(other.rows_by_table) {
+            *mine += theirs;
+        }
         self.messages += other.messages;
         self.dead_letters += other.dead_letters;
         self.duplicates += other.duplicates;
@@ -359,6 +364,7 @@ impl Writer {
         outcome.series_found = resolved.found;
         outcome.series_created = resolved.created;
         outcome.rows = work.row_counts.iter().sum();
+        outcome.rows_by_table = work.row_counts;
         outcome.messages = work.messages.len();
         outcome.dead_letters = work.dead_letters.len();
         outcome.published_ns = work.messages.iter().map(|m| m.published_ns).collect();
