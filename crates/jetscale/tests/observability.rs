@@ -7,7 +7,7 @@
 
 use crate::support;
 use jetscale::config::Settings;
-use jetscale::dev::{free_port, PostgresCluster, PostgresOptions};
+use jetscale::dev::free_port;
 use jetscale::pipeline::{self, Counters, RunOptions};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -343,13 +343,7 @@ async fn metrics_agree_with_the_database_and_feed_every_dashboard_query() {
 async fn readiness_and_lag_follow_the_servers() {
     let mut nats = support::nats().await;
     // A cluster of its own: this test stops it.
-    let pg_dir = support::temp_dir();
-    let mut pg = PostgresCluster::start(PostgresOptions {
-        dir: pg_dir.path().join("pg"),
-        port: None,
-    })
-    .await
-    .expect("a private PostgreSQL cluster");
+    let (_pg_dir, mut pg) = support::own_postgres().await;
     let db_url = pg.create_database("health").await.expect("database");
     let address = loopback(free_port());
     let mut settings = support::settings(&nats.server.url(), &db_url);

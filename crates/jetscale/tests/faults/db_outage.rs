@@ -4,7 +4,7 @@ use super::publisher::{plan, BIG_PAYLOADS};
 use super::rig::Rig;
 use super::{seed, soak};
 use crate::support;
-use jetscale::dev::{PostgresCluster, PostgresOptions};
+use jetscale::dev::PostgresCluster;
 use std::time::Duration;
 
 /// Immediate stop of a private PostgreSQL cluster (it blocks: off the async worker).
@@ -19,13 +19,7 @@ async fn postgres_stopped_immediately_and_restarted() {
     let (messages, outages) = if soak() { (60_000, 5) } else { (12_000, 2) };
     let nats = support::nats_with(BIG_PAYLOADS).await;
     // A cluster of its own, not the shared one: this test stops it.
-    let pg_dir = support::temp_dir();
-    let mut pg = PostgresCluster::start(PostgresOptions {
-        dir: pg_dir.path().join("pg"),
-        port: None,
-    })
-    .await
-    .expect("a private PostgreSQL cluster");
+    let (_pg_dir, mut pg) = support::own_postgres().await;
     let db = pg.create_database("faults_pg").await.expect("database");
     let mut rig = Rig::new("postgres", nats.server.url(), db, 1).await;
     let mut running = vec![rig.collector("collector", None)];

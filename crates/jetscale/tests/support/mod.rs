@@ -80,6 +80,21 @@ pub async fn postgres() -> &'static PostgresCluster {
         .await
 }
 
+/// A PostgreSQL cluster of a test's own, for a test that stops or restarts it; preloads
+/// TimescaleDB like the shared one. Keep the directory as long as the cluster.
+pub async fn own_postgres() -> (tempfile::TempDir, PostgresCluster) {
+    let dir = temp_dir();
+    let options = PostgresOptions {
+        dir: dir.path().join("pg"),
+        port: None,
+    };
+    let preload: &[&str] = if timescaledb() { &["timescaledb"] } else { &[] };
+    let cluster = PostgresCluster::start_preloading(options, preload)
+        .await
+        .expect("a private PostgreSQL cluster");
+    (dir, cluster)
+}
+
 /// A fresh database on the shared cluster; returns its URL.
 pub async fn fresh_database(label: &str) -> String {
     let pg = postgres().await;
