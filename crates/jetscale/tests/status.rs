@@ -2,6 +2,7 @@
 //! screen) reports the stream, the backlog left, dead letters by reason and the series, as
 //! a role with nothing but SELECT, and leaves the collectors' consumer as it was.
 
+use crate::security::peer::{authz_server, peer, provision_as_admin, spec, url_as};
 use crate::support::{self, jetscale, now_ns, publish, reading, succeeds};
 use serde_json::Value;
 
@@ -131,4 +132,61 @@ async fn status_reports_the_backlog_read_only() {
         after.ack_floor.stream_sequence,
         before.ack_floor.stream_sequence
     );
+}
+
+/// Under the least-privilege block of `jetscale nats-config`: the collector's user reads the
+/// stream and its own consumer (no list, no lag, each said in a note); the admin's reads
+/// everything, lag included. Neither changes the consumer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_runs_as_the_collector_or_the_admin_user() {
+    let nats = authz_server(&spec(None, "jetscale")).await;
+    provision_as_admin(&nats, "jetscale").await;
+    let device = peer(&nats, "device", "DEVICE_PASSWORD").await;
+    let now = now_ns();
+    for i in 0..3 {
+        let body = reading("sensor-1", now + i, 1.0);
+        device.publish("telemetry.metrics.sensor-1", body).await;
+    }
+    let database = support::fresh_database("status_authz").await;
+    let admin = peer(&nats, "admin", "ADMIN_PASSWORD").await;
+    let stream = admin.js().get_stream("TELEMETRY").await.expect("stream");
+    let before = stream.consumer_info("jetscale").await.expect("consumer");
+
+    let status = |user: &str, var: &str, extra: &[&str]| {
+        let mut args = vec!["status", "--json"];
+        args.extend_from_slice(extra);
+        let mut cmd = jetscale(&args);
+        cmd.env("JETSCALE_NATS_URL", url_as(&nats, user, var))
+            .env("JETSCALE_DATABASE_URL", &database);
+        cmd
+    };
+    for (user, var, extra) in [
+        ("collector", "COLLECTOR_PASSWORD", &["--collector-user"][..]),
+        ("admin", "ADMIN_PASSWORD", &[][..]),
+    ] {
+        let out = succeeds(&mut status(user, var, extra)).await;
+        let json: Value = serde_json::from_str(&out).expect("one JSON object");
+        assert_eq!(json["stream"]["messages"], 3, "{user}: {json:#}");
+        let consumers = json["consumers"].as_array().expect("consumers");
+        assert_eq!(consumers.len(), 1, "{user}: {json:#}");
+        assert_eq!(consumers[0]["name"], "jetscale");
+        assert_eq!(consumers[0]["pending"], 3);
+        let notes = json["notes"].to_string();
+        if user == "collector" {
+            assert!(consumers[0]["lag_seconds"].is_null());
+            assert!(notes.contains("STREAM.MSG.GET"), "{notes}");
+        } else {
+            assert!(consumers[0]["lag_seconds"]
+                .as_f64()
+                .is_some_and(|l| l > 0.0));
+            assert!(!notes.contains("lag"), "{notes}");
+        }
+    }
+    let after = stream.consumer_info("jetscale").await.expect("consumer");
+    assert_eq!(
+        serde_json::to_value(&after.config).expect("config"),
+        serde_json::to_value(&before.config).expect("config"),
+    );
+    assert_eq!(after.num_pending, 3);
+    assert_eq!(after.delivered.stream_sequence, 0);
 }

@@ -14,6 +14,10 @@ pub struct Args {
     /// Refresh every INTERVAL (default 2s) until Ctrl-C.
     #[arg(long, value_name = "INTERVAL", num_args = 0..=1, default_missing_value = "2s")]
     pub watch: Option<String>,
+    /// The NATS user is the collector's least-privilege one (`jetscale nats-config`): read
+    /// only what it may (no consumer list, no lag).
+    #[arg(long)]
+    pub collector_user: bool,
 }
 
 pub async fn run(global: &Global, args: Args) -> anyhow::Result<()> {
@@ -23,8 +27,11 @@ pub async fn run(global: &Global, args: Args) -> anyhow::Result<()> {
         .as_deref()
         .map(|w| parse_duration(w).map_err(|e| anyhow::anyhow!("--watch {w}: {e}")))
         .transpose()?;
+    let options = status::StatusOptions {
+        collector_user: args.collector_user,
+    };
     loop {
-        let snapshot = status::gather(&settings).await;
+        let snapshot = status::gather(&settings, options).await;
         let mut stdout = std::io::stdout().lock();
         if args.json {
             serde_json::to_writer(&mut stdout, &snapshot).context("writing the status")?;

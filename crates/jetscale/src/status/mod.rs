@@ -32,10 +32,19 @@ pub struct Status {
     pub notes: Vec<String>,
 }
 
+/// How the snapshot reads NATS.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StatusOptions {
+    /// The NATS user is the collector's least-privilege one (`jetscale nats-config`): read
+    /// through its inbox, and ask only what it may (stream and configured consumer info);
+    /// the admin's (or an unrestricted) user also lists every consumer and reads the lag.
+    pub collector_user: bool,
+}
+
 /// Takes one snapshot. Never fails as a whole: an unreachable server is a note.
-pub async fn gather(settings: &Settings) -> Status {
+pub async fn gather(settings: &Settings, options: StatusOptions) -> Status {
     let mut notes = Vec::new();
-    let (stream, consumers) = match stream::gather(settings, &mut notes).await {
+    let (stream, consumers) = match stream::gather(settings, options, &mut notes).await {
         Ok((stream, consumers)) => (Some(stream), consumers),
         Err(e) => {
             notes.push(format!("NATS: {e}"));

@@ -1,8 +1,9 @@
 //! The NATS side of the snapshot: stream info, consumer info, and the oldest unacknowledged
 //! message's time by a stream get (no consumer is created, fetched from or changed).
 
-use super::{age_seconds, rfc3339};
+use super::{age_seconds, rfc3339, StatusOptions};
 use crate::config::Settings;
+use crate::receivers::nats::authz::COLLECTOR_CONNECTION_NAME;
 use crate::receivers::nats::{self, StreamError};
 use async_nats::jetstream::{self, consumer, stream};
 use futures::{StreamExt, TryStreamExt};
@@ -65,9 +66,17 @@ pub struct ConsumerStatus {
 
 pub(super) async fn gather(
     settings: &Settings,
+    options: StatusOptions,
     notes: &mut Vec<String>,
 ) -> Result<(StreamStatus, Vec<ConsumerStatus>), StreamError> {
-    let client = nats::connect(&settings.nats, "jetscale-status").await?;
+    // The collector's user may subscribe only to the collector's inbox, which connections of
+    // that name use; a request it may not make would only time out, so none is made.
+    let name = if options.collector_user {
+        COLLECTOR_CONNECTION_NAME
+    } else {
+        "jetscale-status"
+    };
+    let client = nats::connect(&settings.nats, name).await?;
     let js = jetstream::new(client);
     let name = &settings.stream.name;
     let js_stream = js
@@ -80,18 +89,19 @@ pub(super) async fn gather(
         .map_err(|e| failed("stream info", e))?;
     let stream = stream_status(&info);
     let mut consumers = Vec::new();
-    // Listing needs `$JS.API.CONSUMER.LIST`, which the collector's user does not have: fall
-    // back to the configured consumer alone.
-    match js_stream
-        .consumers()
-        .take(MAX_CONSUMERS)
-        .try_collect::<Vec<consumer::Info>>()
-        .await
-    {
-        Ok(list) => consumers.extend(list),
-        Err(e) => notes.push(format!(
-            "consumers not listed ({e}); showing the configured one only"
-        )),
+    // Listing needs `$JS.API.CONSUMER.LIST`, which the collector's user does not have.
+    if !options.collector_user {
+        match js_stream
+            .consumers()
+            .take(MAX_CONSUMERS)
+            .try_collect::<Vec<consumer::Info>>()
+            .await
+        {
+            Ok(list) => consumers.extend(list),
+            Err(e) => notes.push(format!(
+                "consumers not listed ({e}); showing the configured one only"
+            )),
+        }
     }
     let configured = &settings.consumer.name;
     if !consumers.iter().any(|c| &c.name == configured) {
@@ -106,13 +116,28 @@ pub(super) async fn gather(
             .then(a.name.cmp(&b.name))
     });
     let mut out = Vec::with_capacity(consumers.len());
+    if options.collector_user {
+        notes.push(format!(
+            "lag not read: it needs $JS.API.STREAM.MSG.GET.{stream_name}, which the collector's \
+             user does not have; run status as the admin user for it",
+            stream_name = settings.stream.name
+        ));
+    }
     for c in &consumers {
-        let lag = match lag_seconds(&js_stream, c, info.state.first_sequence).await {
+        let lag = if options.collector_user {
+            Err(None)
+        } else {
+            lag_seconds(&js_stream, c, info.state.first_sequence)
+                .await
+                .map_err(Some)
+        };
+        let lag = match lag {
             Ok(lag) => Some(lag),
-            Err(e) => {
+            Err(Some(e)) => {
                 notes.push(format!("lag of consumer {}: {e}", c.name));
                 None
             }
+            Err(None) => None,
         };
         out.push(consumer_status(c, configured, lag));
     }
