@@ -95,6 +95,7 @@ async fn status_reports_the_backlog_read_only() {
         .all(|r| r["reason"].as_str().is_some_and(|t| !t.is_empty())));
     assert!(db["last_commit"].is_string());
     assert!(db["size_bytes"].as_i64().is_some_and(|b| b > 0));
+    assert_eq!(db["timescaledb"], support::timescaledb());
     let points = db["tables"]
         .as_array()
         .and_then(|ts| ts.iter().find(|t| t["table"] == "iot_metrics_points"))

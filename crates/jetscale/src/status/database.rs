@@ -73,6 +73,11 @@ pub struct JobRun {
     pub failures: Option<i64>,
     /// Native rollup: hours below this are materialized.
     pub watermark: Option<String>,
+    /// TimescaleDB retention policy: its `drop_after` (the rollup's differs from the raw
+    /// tables').
+    pub drop_after: Option<String>,
+    /// TimescaleDB: the newest error this job logged (`job_errors`), what to fix.
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -310,6 +315,8 @@ async fn native_rollup(
             next_run: None,
             failures: None,
             watermark: watermark.map(rfc3339),
+            drop_after: None,
+            last_error: None,
         }
     }))
 }
@@ -322,7 +329,10 @@ async fn timescale_jobs(
     let rows = c
         .query(
             "SELECT j.proc_name::text, format('%s %s', j.proc_name, j.hypertable_name), \
-                    s.last_run_started_at, s.last_run_status, s.next_start, s.total_failures \
+                    s.last_run_started_at, s.last_run_status, s.next_start, s.total_failures, \
+                    j.config->>'drop_after', \
+                    (SELECT e.err_message FROM timescaledb_information.job_errors e \
+                     WHERE e.job_id = j.job_id ORDER BY e.finish_time DESC LIMIT 1) \
              FROM timescaledb_information.jobs j \
              LEFT JOIN timescaledb_information.job_stats s USING (job_id) \
              WHERE j.proc_name IN ('policy_refresh_continuous_aggregate', 'policy_retention') \
@@ -343,6 +353,8 @@ async fn timescale_jobs(
             next_run: next.map(rfc3339),
             failures: r.get(5),
             watermark: None,
+            drop_after: r.get(6),
+            last_error: r.get(7),
         };
         if r.get::<_, String>(0) == "policy_retention" {
             retention.push(run);

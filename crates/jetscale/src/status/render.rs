@@ -111,17 +111,20 @@ fn database(out: &mut String, db: &DatabaseStatus) {
     }
     let run = |r: &super::JobRun| {
         format!(
-            "{}{}{}",
+            "{}{}{}{}",
             match (&r.last_run, r.last_run_age_seconds) {
                 (Some(at), Some(age)) => format!("last run {at} ({} ago)", duration(age)),
                 _ => "never run".to_owned(),
             },
             r.last_status
                 .as_ref()
-                .map_or(String::new(), |s| format!(", {s}")),
+                .map_or(String::new(), |s| format!(", last status {s}")),
             r.failures
                 .filter(|f| *f > 0)
                 .map_or(String::new(), |f| format!(", {f} failures")),
+            r.last_error
+                .as_ref()
+                .map_or(String::new(), |e| format!(" ({e})")),
         )
     };
     let _ = writeln!(
@@ -132,15 +135,21 @@ fn database(out: &mut String, db: &DatabaseStatus) {
             .filter(|n| *n > 0)
             .map_or(String::new(), |n| format!(", {n} late hours queued"))
     );
-    let keep = duration(db.retention.configured_seconds as f64);
     if db.retention.jobs.is_empty() {
         let _ = writeln!(
             out,
-            "  retention    {keep}, dropped by the collectors' upkeep (oldest partitions below)"
+            "  retention    {}, dropped by the collectors' upkeep (oldest partitions below)",
+            duration(db.retention.configured_seconds as f64)
         );
     }
     for job in &db.retention.jobs {
-        let _ = writeln!(out, "  retention    {keep}: {}: {}", job.job, run(job));
+        let _ = writeln!(
+            out,
+            "  retention    {}, drop after {}: {}",
+            job.job,
+            job.drop_after.as_deref().unwrap_or("?"),
+            run(job)
+        );
     }
     out.push_str("  partitions\n");
     for t in &db.tables {
