@@ -191,3 +191,29 @@ async fn status_runs_as_the_collector_or_the_admin_user() {
     assert_eq!(after.num_pending, 3);
     assert_eq!(after.delivered.stream_sequence, 0);
 }
+
+/// A database that cannot be reached: the NATS half is still printed, the reason is a note,
+/// and the exit code tells a script the answer is partial.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_without_a_database_says_so_and_fails() {
+    let stack = support::stack("status_nodb").await;
+    let out = jetscale(&["status", "--json"])
+        .env("JETSCALE_NATS_URL", stack.nats_url())
+        .env(
+            "JETSCALE_DATABASE_URL",
+            "postgresql://nobody@127.0.0.1:1/none",
+        )
+        .output()
+        .await
+        .expect("run jetscale");
+    assert!(!out.status.success(), "a partial status must not exit 0");
+    let json: Value = serde_json::from_slice(&out.stdout).expect("the JSON is still printed");
+    assert_eq!(json["stream"]["messages"], 0);
+    assert!(json["database"].is_null());
+    assert!(
+        json["notes"]
+            .to_string()
+            .contains("cannot connect to PostgreSQL"),
+        "{json:#}"
+    );
+}

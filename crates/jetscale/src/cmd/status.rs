@@ -48,7 +48,9 @@ pub async fn run(global: &Global, args: Args) -> anyhow::Result<()> {
         let Some(every) = every else {
             // Scripts learn from the exit code whether everything could be read.
             if snapshot.stream.is_none() || snapshot.database.is_none() {
-                anyhow::bail!("status incomplete: {}", snapshot.notes.join("; "));
+                anyhow::bail!(
+                    "status incomplete: NATS or the database could not be read (its notes say why)"
+                );
             }
             return Ok(());
         };
