@@ -17,4 +17,5 @@ pub mod receivers;
 pub mod redact;
 pub mod self_metrics;
 pub mod simulate;
+pub mod status;
 pub mod tail;

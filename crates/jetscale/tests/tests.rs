@@ -19,5 +19,6 @@ mod security;
 mod setup;
 mod shutdown;
 mod signals;
+mod status;
 mod stream_identity;
 mod tail;

@@ -7,6 +7,7 @@ mod nats_config;
 mod query;
 mod setup;
 mod simulate;
+mod status;
 mod tail;
 
 use anyhow::Context;
@@ -84,6 +85,8 @@ pub enum Command {
     NatsConfig(nats_config::Args),
     /// Follow the stream live, one line per record (never touches the collector's consumer).
     Tail(tail::Args),
+    /// The stream, the consumers, the lag and the database at a glance (reads only).
+    Status(status::Args),
 }
 
 impl Global {
@@ -111,6 +114,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => dev::run_demo(&cli.global, args).await,
         Command::NatsConfig(args) => nats_config::run(&cli.global, args).await,
         Command::Tail(args) => tail::run(&cli.global, args).await,
+        Command::Status(args) => status::run(&cli.global, args).await,
     }
 }
 

@@ -11,7 +11,7 @@ mod limits;
 mod nats_authz;
 mod nats_config;
 mod nats_tls;
-mod peer;
+pub(crate) mod peer;
 mod per_device;
 mod postgres_role;
 mod postgres_tls;
