@@ -54,6 +54,14 @@ pub(crate) struct MatrixOptions<'a> {
 
 /// Runs every case on every backend; returns the results, keyed by backend.
 pub(crate) async fn run(dir: &Path, machine: &str, o: &MatrixOptions<'_>) -> Result<Value> {
+    // Loudly, before anything is measured: a TimescaleDB run on a machine without the
+    // extension would otherwise fail only after the PostgreSQL cases had run.
+    if o.backends.iter().any(|b| b == "timescaledb") && !jetscale::dev::timescaledb_installed() {
+        bail!(
+            "--backends timescaledb: TimescaleDB is not installed beside the PostgreSQL binaries \
+             (no lib/timescaledb.so); build it with scripts/timescaledb.sh or drop it from --backends"
+        );
+    }
     let mut all = serde_json::Map::new();
     for backend in o.backends {
         let cases = cases(backend, o.layouts);
@@ -89,14 +97,6 @@ async fn run_backend(
     o: &MatrixOptions<'_>,
 ) -> Result<Vec<Value>> {
     let timescaledb = backend == "timescaledb";
-    // Loudly, before anything is measured: a TimescaleDB run on a machine without the
-    // extension would otherwise measure nothing useful.
-    if timescaledb && !jetscale::dev::timescaledb_installed() {
-        bail!(
-            "--backends timescaledb: TimescaleDB is not installed beside the PostgreSQL binaries \
-             (no lib/timescaledb.so); build it with scripts/timescaledb.sh or drop it from --backends"
-        );
-    }
     let stack_dir = dir.join(format!("stack-{backend}"));
     let _ = std::fs::remove_dir_all(&stack_dir);
     std::fs::create_dir_all(&stack_dir)?;
@@ -342,5 +342,59 @@ fn print_table(machine: &str, backend: &str, o: &MatrixOptions<'_>, rows: &[Valu
             chunks,
             live
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layouts() -> Vec<String> {
+        vec!["series".to_owned(), "wide".to_owned()]
+    }
+
+    #[test]
+    fn direct_compress_is_tried_on_timescaledb_only() {
+        let names = |backend| {
+            cases(backend, &layouts())
+                .iter()
+                .map(Case::name)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names("postgresql"), ["series", "wide"]);
+        assert_eq!(
+            names("timescaledb"),
+            [
+                "series",
+                "series + direct_compress",
+                "wide",
+                "wide + direct_compress"
+            ]
+        );
+    }
+
+    #[test]
+    fn each_case_config_names_its_backend_layout_and_direct_compress() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let case = Case {
+            layout: "wide".to_owned(),
+            direct_compress: true,
+        };
+        let path = write_config(dir.path(), "timescaledb", &case, "all", "drain")?;
+        let s = jetscale::config::load(
+            &path,
+            &jetscale::config::Overrides {
+                nats_url: Some("nats://127.0.0.1:4222".to_owned()),
+                database_url: Some("postgres://localhost/bench".to_owned()),
+                replicas: Some(1),
+            },
+        )?;
+        assert_eq!(
+            s.store.backend,
+            jetscale::config::BackendChoice::Timescaledb
+        );
+        assert_eq!(s.store.layout, jetscale::config::MetricsLayout::Wide);
+        assert!(s.store.direct_compress);
+        Ok(())
     }
 }
