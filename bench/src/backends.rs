@@ -165,6 +165,7 @@ async fn run_backend(
             "database_mib": stored.database_mib,
             "compressed_chunks": stored.compressed_chunks,
             "chunks": stored.chunks,
+            "rows_per_compressed_batch": stored.rows_per_batch,
         });
         eprintln!("bench: {backend}, {}: {row}", case.name());
         rows.push(row);
@@ -236,6 +237,46 @@ struct Stored {
     database_mib: f64,
     chunks: i64,
     compressed_chunks: i64,
+    /// Rows per compressed batch: how much a compressed segment holds after the drain.
+    rows_per_batch: Option<f64>,
+}
+
+/// Mean rows per batch in the points hypertable's compressed chunks, from TimescaleDB's
+/// catalog and each batch's `_ts_meta_count`; `None` when there are none.
+async fn rows_per_compressed_batch(
+    client: &tokio_postgres::Client,
+    layout: &str,
+) -> Result<Option<f64>> {
+    let table = if layout == "series" {
+        "iot_metrics_points"
+    } else {
+        "iot_metrics"
+    };
+    let relations = client
+        .query(
+            "SELECT format('%I.%I', cc.schema_name, cc.table_name) \
+             FROM _timescaledb_catalog.chunk c \
+             JOIN _timescaledb_catalog.chunk cc ON cc.id = c.compressed_chunk_id \
+             JOIN _timescaledb_catalog.hypertable h ON h.id = c.hypertable_id \
+             WHERE h.table_name = $1",
+            &[&table],
+        )
+        .await
+        .context("reading TimescaleDB's chunk catalog")?;
+    let (mut batches, mut rows) = (0i64, 0i64);
+    for relation in relations {
+        let name: String = relation.get(0);
+        let row = client
+            .query_one(
+                &format!("SELECT count(*), coalesce(sum(_ts_meta_count), 0)::int8 FROM {name}"),
+                &[],
+            )
+            .await
+            .with_context(|| format!("counting the batches of {name}"))?;
+        batches += row.get::<_, i64>(0);
+        rows += row.get::<_, i64>(1);
+    }
+    Ok((batches > 0).then(|| rows as f64 / batches as f64))
 }
 
 /// Checks that the drain stored every point in the engine asked for, and reads what it took.
@@ -288,10 +329,16 @@ async fn check_storage(
     } else {
         (0, 0)
     };
+    let rows_per_batch = if compressed_chunks > 0 {
+        rows_per_compressed_batch(&client, &case.layout).await?
+    } else {
+        None
+    };
     Ok(Stored {
         database_mib,
         chunks,
         compressed_chunks,
+        rows_per_batch,
     })
 }
 
@@ -303,7 +350,7 @@ fn print_table(machine: &str, backend: &str, o: &MatrixOptions<'_>, rows: &[Valu
         o.messages
     );
     println!(
-        "{:<26} {:>11} {:>9} {:>11} {:>8} {:>17} {:>8} {:>9} {:>8}",
+        "{:<26} {:>11} {:>9} {:>11} {:>8} {:>17} {:>8} {:>9} {:>9} {:>8}",
         "case",
         "points/s",
         "index s",
@@ -312,6 +359,7 @@ fn print_table(machine: &str, backend: &str, o: &MatrixOptions<'_>, rows: &[Valu
         "CPU/msg C/N/PG µs",
         "DB MiB",
         "chunks",
+        "rows/batch",
         "live dev"
     );
     for row in rows {
@@ -326,7 +374,7 @@ fn print_table(machine: &str, backend: &str, o: &MatrixOptions<'_>, rows: &[Valu
             .get("live_capacity_devices_at_10s")
             .map_or_else(|| "-".to_owned(), Value::to_string);
         println!(
-            "{:<26} {:>11.0} {:>9.2} {:>11.0} {:>8.1} {:>17} {:>8.0} {:>9} {:>8}",
+            "{:<26} {:>11.0} {:>9.2} {:>11.0} {:>8.1} {:>17} {:>8.0} {:>9} {:>9} {:>8}",
             row["case"].as_str().unwrap_or("?"),
             f(row, "drain_points_per_s"),
             f(row, "index_on_close_secs"),
@@ -340,6 +388,9 @@ fn print_table(machine: &str, backend: &str, o: &MatrixOptions<'_>, rows: &[Valu
             ),
             f(row, "database_mib"),
             chunks,
+            row["rows_per_compressed_batch"]
+                .as_f64()
+                .map_or_else(|| "-".to_owned(), |v| format!("{v:.1}")),
             live
         );
     }
