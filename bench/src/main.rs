@@ -13,7 +13,11 @@
 //!
 //! then prints a table, writes `target/bench/results.json`, and ends with the drain ÷ ceiling
 //! ratio. The decode micro-benchmark is `cargo bench -p jetscale --bench decode`.
+//!
+//! With `--backends` it runs instead the drain (and the live capacity) per storage backend,
+//! layout and `direct_compress` setting (`backends.rs`), writing `results-backends.json`.
 
+mod backends;
 mod ceilings;
 mod collector;
 mod naive;
@@ -67,6 +71,14 @@ struct Args {
     /// (cumulative acks; written into a generated config unless --collector-config is given).
     #[arg(long, default_value = "explicit", value_parser = ["explicit", "all"])]
     ack_policy: String,
+    /// Instead of the full run: drain (and, unless --skip-live, live capacity) per backend,
+    /// e.g. `postgresql,timescaledb`, for each of --layouts, and on TimescaleDB with and
+    /// without `direct_compress`; a table per backend. Each backend gets its own stack.
+    #[arg(long, value_delimiter = ',', value_parser = backends::BACKENDS)]
+    backends: Vec<String>,
+    /// Metric layouts the --backends run drains.
+    #[arg(long, value_delimiter = ',', default_value = "series,wide", value_parser = ["series", "wide"])]
+    layouts: Vec<String>,
     #[arg(long)]
     skip_naive: bool,
     #[arg(long)]
@@ -91,6 +103,9 @@ async fn main() -> Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let machine = format!("{cores} cores, {:.0} GiB", mem_gib());
     std::fs::create_dir_all(&args.dir)?;
+    if !args.backends.is_empty() {
+        return run_backends(&args, &machine).await;
+    }
     let stack_dir = args.dir.join("stack");
     let _ = std::fs::remove_dir_all(&stack_dir);
     std::fs::create_dir_all(&stack_dir)?;
@@ -400,5 +415,36 @@ async fn main() -> Result<()> {
     println!("drain / lower ceiling = {ratio:.2}");
     drop(pg);
     drop(nats);
+    Ok(())
+}
+
+/// `--backends`: the per-backend drain and live runs, then their results file.
+async fn run_backends(args: &Args, machine: &str) -> Result<()> {
+    if args.collector_config.is_some() {
+        anyhow::bail!(
+            "--backends writes one collector config per case; drop --collector-config (use --ack-policy)"
+        );
+    }
+    let options = backends::MatrixOptions {
+        backends: &args.backends,
+        layouts: &args.layouts,
+        messages: args.messages,
+        publishers: args.publishers,
+        ack_policy: &args.ack_policy,
+        live_rates: (!args.skip_live).then_some(args.live_rates.as_slice()),
+        live_seconds: args.live_seconds,
+        live_fire_and_forget: args.live_fire_and_forget,
+    };
+    let by_backend = backends::run(&args.dir, machine, &options).await?;
+    let out = args.dir.join("results-backends.json");
+    let results = json!({
+        "machine": machine,
+        "messages": args.messages,
+        "ack_policy": args.ack_policy,
+        "live_fire_and_forget": args.live_fire_and_forget,
+        "backends": by_backend,
+    });
+    std::fs::write(&out, serde_json::to_string_pretty(&results)?)?;
+    println!("results: {}", out.display());
     Ok(())
 }
