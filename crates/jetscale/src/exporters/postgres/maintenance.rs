@@ -116,14 +116,7 @@ pub async fn refresh_late_hours(client: &Client, names: &RelationNames) -> Resul
     };
     // Only the aggregate's owner may refresh it. A least-privilege collector leaves the hours
     // queued for an owner's upkeep and to the refresh policy, which runs as the owner.
-    let may_refresh: bool = client
-        .query_one(
-            "SELECT pg_has_role((SELECT relowner FROM pg_class WHERE oid = $1::text::regclass), 'MEMBER')",
-            &[aggregate],
-        )
-        .await?
-        .get(0);
-    if !may_refresh {
+    if !owns(client, aggregate).await? {
         return Ok(0);
     }
     let taken: Vec<SystemTime> = client
@@ -157,6 +150,17 @@ pub async fn refresh_late_hours(client: &Client, names: &RelationNames) -> Resul
         }
     }
     Ok(taken.len() as i32)
+}
+
+/// Whether the session's role owns `relation` (a quoted name), directly or by membership.
+async fn owns(client: &Client, relation: &str) -> Result<bool, StoreError> {
+    Ok(client
+        .query_one(
+            "SELECT pg_has_role((SELECT relowner FROM pg_class WHERE oid = $1::text::regclass), 'MEMBER')",
+            &[&relation],
+        )
+        .await?
+        .get(0))
 }
 
 /// Sorted hour starts as `[start, end)` windows of consecutive hours.
@@ -204,24 +208,27 @@ pub async fn run_once(
                 upkeep.partitions_dropped += dropped;
             }
         }
-        Backend::Timescale {
-            apache_only: true, ..
-        } => {
-            // No retention jobs without the TSL license; drop_chunks itself is Apache.
-            for table in Table::ALL {
-                let dropped = client
-                    .query(
-                        &format!(
-                            "SELECT drop_chunks('{}', older_than => $1::timestamptz)",
-                            names.quoted(table).replace('\'', "''")
-                        ),
-                        &[&raw_cutoff],
-                    )
-                    .await?;
-                upkeep.partitions_dropped += dropped.len() as i32;
+        Backend::Timescale { apache_only, .. } => {
+            // Without the TSL license there are no retention jobs; with it, the jobs run in
+            // TimescaleDB's background workers, which were seen failing on a build (every job
+            // "cannot drop portal"), so the owner's upkeep drops expired chunks as well: the
+            // same idempotent call the policy makes. drop_chunks needs the table's owner; a
+            // least-privilege collector leaves licensed retention to the policy.
+            if *apache_only || owns(client, names.quoted(Table::Metrics)).await? {
+                for table in Table::ALL {
+                    let dropped = client
+                        .query(
+                            &format!(
+                                "SELECT drop_chunks('{}', older_than => $1::timestamptz)",
+                                names.quoted(table).replace('\'', "''")
+                            ),
+                            &[&raw_cutoff],
+                        )
+                        .await?;
+                    upkeep.partitions_dropped += dropped.len() as i32;
+                }
             }
         }
-        Backend::Timescale { .. } => {}
     }
     if !backend.continuous_aggregate() {
         client
