@@ -464,3 +464,44 @@ async fn readiness_follows_the_consumer_deleted_and_created_again() {
 
     stop_collector(stop, collector).await;
 }
+
+/// `--log-format json`: every line the collector writes to stderr is one JSON object, the
+/// fatal error included, so an operator's log shipper never sees a line it cannot parse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line() {
+    let nats = support::nats().await;
+    let db_url = support::fresh_database("json_logs").await;
+    // A setup that logs (NATS connected) and then fails (no such database): both kinds of line.
+    let missing = format!("{}_missing", db_url);
+    let out = support::jetscale(&[
+        "--log-format",
+        "json",
+        "setup",
+        "--nats-url",
+        &nats.server.url(),
+        "--database-url",
+        &missing,
+    ])
+    .output()
+    .await
+    .expect("run jetscale");
+    assert!(
+        !out.status.success(),
+        "setup against a missing database must fail"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(lines.len() >= 2, "{stderr}");
+    assert!(
+        lines.iter().any(|v| v["level"] == "INFO"),
+        "an ordinary log line: {stderr}"
+    );
+    assert!(
+        lines.iter().any(|v| v["level"] == "ERROR"),
+        "the fatal error as a JSON line: {stderr}"
+    );
+}
